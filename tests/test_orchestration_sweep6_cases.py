@@ -112,14 +112,17 @@ class ReferenceLimiter:
 
     A setting changed applies from then on: each bucket is first brought up to now under the
     old settings (and capped at a lowered capacity); waiters keep their dues, and a waiter
-    that leaves moves those behind it up by what its tokens took at the rate it reserved at.
+    that leaves moves those behind it up by what its tokens took at the rate each reserved
+    at. One that reserved before the rate changed gives back only what the bucket still owes
+    (it may have refilled, and dropped, its tokens at the new rate).
     """
 
     def __init__(self, rate: float, capacity: float) -> None:
         self.rate, self.capacity = rate, capacity
+        self.rate_changes = 0
         self.buckets: dict[str, tuple[float, float]] = {}
-        # key -> name -> (tokens, due, the seconds its tokens took when it reserved them)
-        self.waiting: dict[str, dict[str, tuple[float, float, float]]] = {}
+        # key -> name -> (tokens, due, the rate and the rate changes when it reserved them)
+        self.waiting: dict[str, dict[str, tuple[float, float, float, int]]] = {}
 
     def tokens(self, key: str, now: float) -> float:
         level, last = self.buckets.get(key, (self.capacity, now))
@@ -141,14 +144,15 @@ class ReferenceLimiter:
         self.waiting.setdefault(key, {})[name] = (
             tokens,
             now - level / self.rate,
-            tokens / self.rate,
+            self.rate,
+            self.rate_changes,
         )
         return False
 
     def serve(self, now: float) -> set[str]:
         served = set()
         for queue in self.waiting.values():
-            for name, (_, due, _) in list(queue.items()):
+            for name, (_, due, _, _) in list(queue.items()):
                 if due <= now:
                     served.add(name)
                     del queue[name]
@@ -157,13 +161,18 @@ class ReferenceLimiter:
     def leave(self, key: str, name: str, now: float) -> None:
         queue = self.waiting[key]
         names = list(queue)
-        tokens, due, took = queue.pop(name)
+        tokens, due, _, changes = queue.pop(name)
         assert now < due
         level, last = self.buckets[key]
-        self.buckets[key] = (min(level + tokens, self.capacity), last)
+        if changes == self.rate_changes:
+            self.buckets[key] = (min(level + tokens, self.capacity), last)
+        else:
+            level = self.tokens(key, now)
+            tokens = min(tokens, max(0.0, -level))
+            self.buckets[key] = (level + tokens, now)
         for other in names[names.index(name) + 1 :]:
-            other_tokens, other_due, other_took = queue[other]
-            queue[other] = (other_tokens, other_due - took, other_took)
+            other_tokens, other_due, rate, other_changes = queue[other]
+            queue[other] = (other_tokens, other_due - tokens / rate, rate, other_changes)
 
     def settle(self, now: float, capacity: float) -> None:
         self.buckets = {k: (min(self.tokens(k, now), capacity), now) for k in self.buckets}
@@ -263,6 +272,7 @@ def test_the_limiter_is_a_plain_token_bucket_per_key(ops: list[tuple[str, Any, f
             elif kind == "rate":
                 limiter.rate = value
                 reference.settle(now, math.inf)
+                reference.rate_changes += value != reference.rate
                 reference.rate = value
             else:
                 limiter.capacity = value

@@ -547,3 +547,45 @@ async def test_shared_bucket_waiters_giving_up_one_by_one_cost_a_sleep_each_at_m
         await asyncio.gather(*tasks, return_exceptions=True)
         await limiter.client.delete(limiter.redis_key("k"))
         await limiter.close()
+
+
+async def test_a_waiter_cancelled_after_a_rate_raise_gives_back_no_token_paid_already() -> None:
+    # Its tokens, refilled at the raised rate before it was due and dropped at capacity
+    # since, went back on top of the bucket: two tokens at one instant, capacity 1.
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=0.1, capacity=1.0, clock=clock)
+    await limiter.acquire("k")
+    waiter = asyncio.ensure_future(limiter.acquire("k"))  # due at t=10
+    await asyncio.sleep(0)
+    limiter.rate = 100.0
+    clock.advance(1.0)
+    assert limiter.try_acquire("k")
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert limiter.tokens("k") == 0.0
+    assert not limiter.try_acquire("k")
+
+
+async def test_a_waiter_cancelled_after_a_rate_change_moves_the_next_up_at_the_new_rate() -> None:
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=1.0, capacity=1.0, clock=clock)
+    await limiter.acquire("k")
+    served: dict[str, float] = {}
+
+    async def take(name: str) -> None:
+        await limiter.acquire("k")
+        served[name] = clock.now()
+
+    b = asyncio.ensure_future(take("b"))  # due at t=1, at rate 1
+    await asyncio.sleep(0)
+    limiter.rate = 10.0
+    c = asyncio.ensure_future(take("c"))  # due at t=0.2: b's token and its own, at rate 10
+    await asyncio.sleep(0)
+    b.cancel()
+    await asyncio.gather(b, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert "c" not in served  # moved up by b's token at rate 10 (0.1 s), not at rate 1 (1 s)
+    clock.advance(0.1)
+    await c
+    assert served == {"c": pytest.approx(0.1)}
+    assert limiter.tokens("k") == pytest.approx(0.0)

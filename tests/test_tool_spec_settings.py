@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 from typing import Any
@@ -80,3 +81,42 @@ def test_a_timeout_beyond_the_float_range_is_a_tool_error() -> None:
         with pytest.raises(ar.ToolError, match="finite number of seconds"):
             ar.tool(name="slow", timeout=timeout)(_handler)
     assert ar.ToolSpec("slow", "d", _handler, timeout=Fraction(1, 2)).timeout == Fraction(1, 2)
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def _now() -> str:
+    return "12:00"
+
+
+def _keywords(**arguments: Any) -> str:
+    return str(arguments)
+
+
+@pytest.mark.parametrize("handler", [_add, _now, _keywords])
+def test_a_handler_that_cannot_take_the_arguments_dict_is_refused(handler: Any) -> None:
+    # Taken before: each call then failed, told to the model as the tool's "permanent" error.
+    with pytest.raises(ar.ToolError, match=r"must take the call's arguments as one dict"):
+        ar.ToolSpec("t", "d", handler)
+
+
+class _Handler:
+    def __call__(self, arguments: dict[str, Any], retries: int = 0) -> str:
+        return str(arguments)
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [_Handler(), lambda arguments: arguments, functools.partial(_add, 1), print, dict],
+)
+def test_a_handler_taking_one_argument_is_taken(handler: Any) -> None:
+    assert ar.ToolSpec("t", "d", handler).handler is handler
+
+
+def test_a_handler_set_later_is_checked_as_given() -> None:
+    spec = ar.ToolSpec("t", "d", _handler)
+    with pytest.raises(ar.ToolError, match=r"must take the call's arguments as one dict"):
+        spec.handler = _add
+    assert spec.handler is _handler

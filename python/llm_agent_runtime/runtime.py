@@ -120,6 +120,13 @@ __all__ = ["REMEMBERED_APPROVAL_SESSIONS", "AgentRuntime", "ApprovalDecision", "
 
 logger = logging.getLogger("llm_agent_runtime")
 
+# What a claim a failed run could not delete refuses (for its warning), by the run's kind.
+_RUN_CLAIM_LEFT = "later runs of the session are refused until it is resumed"
+_RESUME_CLAIM_LEFT = (
+    "resumes of the session by other processes are refused until release_resume or its "
+    "lease passes; the next resume in this process takes it over"
+)
+
 T = TypeVar("T")
 InferFn = Callable[[str], Awaitable[str]]
 """An async model call: prompt text in, reply text out."""
@@ -1290,7 +1297,8 @@ class AgentRuntime(Unshared):
                         return session
                     except BaseException as error:
                         settle = False  # unless this block ends as it should (not cancelled)
-                        await self._end_failed_run(session, error, events)
+                        left = _RESUME_CLAIM_LEFT if resume is not None else _RUN_CLAIM_LEFT
+                        await self._end_failed_run(session, error, events, left)
                         settle = isinstance(error, Exception)  # not when cancelled
                         raise
             finally:
@@ -1322,7 +1330,7 @@ class AgentRuntime(Unshared):
         session: AgentSession,
         error: BaseException,
         events: EventBus,
-        left: str = "later runs of the session are refused until it is resumed",
+        left: str = _RUN_CLAIM_LEFT,
         logged: bool = True,
     ) -> None:
         """Logs a failed run, saves what it left unsaved, and emits its `ErrorEvent`.
@@ -3012,8 +3020,12 @@ class AgentRuntime(Unshared):
                     # one event record, which no load, sweep or fork takes for one.
                     await self._checkpoints.append_events(session_id, pending)
             except Exception as save_error:
-                self._count_failed_write(session_id)
-                logger.warning("end of failed run %s not saved: %r", session_id, save_error)
+                if self._checkpoints.refuses(session_id):
+                    # Another run or worker holds the session: the run's own error says so.
+                    logger.debug("end of refused run %s not saved: %r", session_id, save_error)
+                else:
+                    self._count_failed_write(session_id)
+                    logger.warning("end of failed run %s not saved: %r", session_id, save_error)
         finally:
             self._unsaved_steps.pop(session_id, None)
             self._event_log.pop(session_id, None)
@@ -3888,7 +3900,7 @@ class AgentRuntime(Unshared):
                     # As a run's failure ends: the ErrorEvent emitted, its claims released; and,
                     # after the RunFinished this close reported, logged with the session (a run
                     # that reported its end logged its own failure then).
-                    left = "later resumes of the session are refused until release_resume"
+                    left = _RESUME_CLAIM_LEFT
                     settle = False
                     await self._end_failed_run(session, error, self.events, left, bool(reported))
                     settle = isinstance(error, Exception)
@@ -4010,7 +4022,8 @@ class AgentRuntime(Unshared):
 
         One worker resumes a session at once: the others are refused (`PersistenceError`)
         until its resumed run ends. The claim of a resumer whose process ended on this host,
-        or whose lease passed (`resume_lease_seconds`), is taken over by the next resume;
+        or whose lease passed (`resume_lease_seconds`), is taken over by the next resume, as
+        is one this process left (its deletion failed when the run did: a database down);
         one of another host without a lease (or written by an older version) cannot be told
         from a resume under way, so it stays until this deletes it: call it only once that
         process is known to have ended. Returns whether a claim was deleted.

@@ -450,6 +450,27 @@ def _check_handler(name: str, handler: Any) -> None:
         )
 
 
+def _check_takes_arguments(name: str, handler: Any) -> None:
+    """Raises `ToolError` unless a `ToolSpec`'s handler can be called with the arguments dict.
+
+    A handler written as for `@tool` (`def add(a, b)`), or taking nothing, is a mistake of the
+    code, not a failure of the tool: refused here, not told to the model at each call.
+    """
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # a builtin without one: it cannot be told
+        return
+    try:
+        signature.bind({})
+    except TypeError as error:
+        raise ToolError(
+            f"handler of tool {name!r} must take the call's arguments as one dict "
+            f"(handler(arguments)): {_callable_name(handler)}{signature} cannot ({error}); "
+            "to register a function of named parameters, use @tool or tool(fn)",
+            tool=name,
+        ) from None
+
+
 def _is_generator_callable(fn: Any) -> bool:
     """Whether calling `fn` makes a generator or an async generator (partials unwrapped)."""
     fn = _base_callable(fn)
@@ -658,6 +679,7 @@ class ToolSpec:
         _check_name(name)
         _check_description(name, description)
         _check_handler(name, handler)
+        _check_takes_arguments(name, handler)
         # Read as a bool by the check below (the flags are checked again as they are set).
         run_inline = _checked_flag(name, "run_inline", run_inline)
         _checked_timeout(name, timeout)
@@ -790,6 +812,7 @@ class ToolSpec:
             _check_breaker(getattr(self, "name", "?"), value)
         elif name == "handler":
             _check_handler(getattr(self, "name", "?"), value)
+            _check_takes_arguments(getattr(self, "name", "?"), value)
             # A sync handler set in place of an async one runs in a thread, and vice versa.
             object.__setattr__(self, "is_async", is_async_callable(value))
             if hasattr(self, "_made_of"):  # replaced: no longer what `@tool` made of it

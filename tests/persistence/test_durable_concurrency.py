@@ -254,8 +254,9 @@ async def test_a_fork_that_failed_to_save_left_nothing_and_can_be_retried() -> N
     backend = FailsOnce()
     cs = CheckpointStore(backend)
     await start(cs, "src", steps=2)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ar.PersistenceError, match="disk full") as caught:
         await cs.fork("src", 2, "copy")
+    assert isinstance(caught.value.__cause__, OSError)
     assert await backend.list_keys("session:copy") == []  # meta and steps: all or none
     await cs.fork("src", 2, "copy")
     assert observations(await cs.load("copy")) == ["1", "2"]
@@ -1237,3 +1238,15 @@ async def test_a_base_record_a_prune_wrote_as_its_session_was_swept_is_not_left(
     await runtime.run_turn(fresh, "N1", script(FINAL))
     copy = await ar.AgentSession.load_checkpoint(backend, "chat")
     assert await runtime.run_turn(copy, "N2", script(FINAL)) == "finished"
+
+
+async def test_a_refused_run_logs_its_failure_once(caplog: pytest.LogCaptureFixture) -> None:
+    # A second warning said its end was not saved: "its run was refused at its start".
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=ar.InMemoryBackend())
+    await runtime.run_agent("a", "old", script(FINAL), session=runtime.create_session("a", "u"))
+    caplog.clear()
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await runtime.run_agent("a", "new", script(FINAL), session=runtime.create_session("a", "u"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("agent run u failed: PersistenceError")
+    assert runtime.metrics.snapshot().checkpoint_errors == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -109,12 +110,13 @@ def running_pid() -> Iterator[int]:
     process.wait()
 
 
-async def resume_left(backend: ar.PersistenceBackend, **holder: Any) -> None:
-    """A resume claim of session "x" left behind, its record's `host` and `pid` set to
-    `holder`'s (a field given None is left out, as older versions wrote no such field)."""
+async def resume_left(backend: ar.PersistenceBackend, session_id: str = "x", **holder: Any) -> None:
+    """A resume claim of session `session_id` left behind, its record's `host`, `pid` and
+    `started` set to `holder`'s (a field given None is left out, as older versions wrote no
+    such field)."""
     store = CheckpointStore(backend)
-    await store.claim_resumed(await store.load("x"))
-    [key] = await backend.list_keys("session:x:resume:")
+    await store.claim_resumed(await store.load(session_id))
+    [key] = await backend.list_keys(f"session:{session_id}:resume:")
     claim = {**decode(await backend.load(key) or b"", key), **holder}
     claim = {name: value for name, value in claim.items() if value is not None}
     await backend.save(key, encode("claim", claim))
@@ -153,7 +155,8 @@ async def test_a_resume_whose_process_runs_on_this_host_is_refused(
     backend: ar.PersistenceBackend, running_pid: int
 ) -> None:
     await interrupted(backend)
-    await resume_left(backend, host=socket.gethostname(), pid=running_pid)
+    started = checkpoints._process_start(running_pid)  # None (not written) off Linux
+    await resume_left(backend, host=socket.gethostname(), pid=running_pid, started=started)
     effects = Effects()
     runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
     with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
@@ -364,7 +367,7 @@ async def test_a_fork_cut_before_its_copy_is_refused_then_forked_again(
     runtime = ar.AgentRuntime(tools=effects.tools(), checkpoint_backend=backend)
     source = runtime.create_session("a", "src")
     await runtime.run_agent("a", "Q", script(CHARGE, CHARGE, FINAL), session=source)
-    with monkeypatch.context() as past, pytest.raises(RuntimeError, match="died"):
+    with monkeypatch.context() as past, pytest.raises(ar.PersistenceError, match="died"):
         # Cut longer ago than a fork still copying could be: its id may be taken over.
         past.setattr(checkpoints, "time", SimpleNamespace(time=lambda: time.time() - 61))
         await CheckpointStore(DiesAfter(backend, writes)).fork("src", 2, "f")
@@ -389,7 +392,7 @@ async def test_a_fork_never_takes_over_an_id_with_other_records(
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     source = runtime.create_session("a", "src")
     await runtime.run_agent("a", "Q", script(CHARGE, FINAL), session=source)
-    with pytest.raises(RuntimeError, match="died"):
+    with pytest.raises(ar.PersistenceError, match="died"):
         await CheckpointStore(DiesAfter(backend, 1)).fork("src", 1, "f")
     await backend.save("session:f:step:1", await backend.load("session:src:step:1") or b"")
     with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
@@ -485,3 +488,77 @@ async def test_every_failed_write_that_ends_a_run_is_counted(
     with pytest.raises(ar.PersistenceError):
         await runtime.run_agent("a", "Q", script(CHARGE, FINAL))
     assert runtime.metrics.snapshot().checkpoint_errors == failed
+
+
+class DeletesFail(Delegating):
+    """The backend, but its deletions fail while `down` (a database gone as a run ends)."""
+
+    down = False
+
+    async def delete(self, key: str) -> bool:
+        if self.down:
+            raise ConnectionError("database down")
+        return await self.inner.delete(key)
+
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+        if self.down:
+            raise ConnectionError("database down")
+        return await self.inner.batch_delete_if(guard_key, guard_value, keys)  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_a_resume_claim_this_process_could_not_delete_is_taken_over_here(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # It named this live process, so it was taken for a resume under way: every later
+    # resume of the session was refused (its own worker's too) while the process lived.
+    await interrupted(backend)
+    failing = DeletesFail(backend)
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=failing)
+
+    async def outage(prompt: str) -> str:
+        failing.down = True
+        raise ConnectionError("model down")
+
+    with pytest.raises(ConnectionError):
+        await runtime.resume("x", outage)
+    await asyncio.sleep(0.05)  # the claims' deletion, in a task of its own, failed
+    assert len(await backend.list_keys("session:x:resume:")) == 1
+    failing.down = False
+    again = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    done = await again.resume("x", script(FINAL))
+    assert (done.final_answer, done.step_count) == ("finished", 2)
+    assert await backend.list_keys("session:x:resume") == []
+
+
+async def test_a_resume_claim_of_a_store_of_this_process_that_is_gone_is_taken_over(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend)
+    gone = CheckpointStore(backend)
+    await gone.claim_resumed(await gone.load("x"))
+    del gone
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    done = await runtime.resume("x", script(FINAL))
+    assert (done.final_answer, done.step_count) == ("finished", 2)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start times read from /proc")
+async def test_a_resume_claim_of_a_process_whose_pid_was_reused_is_taken_over(
+    backend: ar.PersistenceBackend, running_pid: int
+) -> None:
+    # A restarted container's entry point is pid 1 again, under the same host name: the
+    # claim of the one that died named a pid that runs (this one), and was refused for ever.
+    started = checkpoints._process_start(running_pid)
+    assert started is not None
+    host = socket.gethostname()
+    for pid in (running_pid, os.getpid()):
+        await interrupted(backend, f"x{pid}")
+        await resume_left(backend, f"x{pid}", host=host, pid=pid, started=started - 1)
+        runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+        done = await runtime.resume(f"x{pid}", script(FINAL))
+        assert (done.final_answer, done.step_count) == ("finished", 2)
+    # Its own start time: the process that claimed runs.
+    await interrupted(backend)
+    await resume_left(backend, host=host, pid=running_pid, started=started)
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await ar.AgentRuntime(checkpoint_backend=backend).resume("x", script(FINAL))

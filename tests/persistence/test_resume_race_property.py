@@ -390,7 +390,13 @@ class Race:
                 w.claimed.add(claim_nonce(value, key))
                 if before is not None and claim_nonce(before, key) != claim_nonce(value, key):
                     expires = decode(before, key).get("expires_at")
-                    if not (isinstance(expires, float) and expires < now):
+                    # A dead worker's claim names this process (the workers share it) and
+                    # no store of it holds it: taken over as a claim of a process that ended
+                    # on this host is.
+                    holders = [o for o in self.workers if claim_nonce(before, key) in o.claimed]
+                    if holders and all(o.dead for o in holders):
+                        self.labels.add("takeover of a dead worker's claim")
+                    elif not (isinstance(expires, float) and expires < now):
                         self.violations.append(f"{w.name} took over {key} before its lease passed")
             if TAKEOVER.fullmatch(key):
                 w.taken.add(key)

@@ -47,7 +47,7 @@ async def swept_but_its_claim(backend: ar.PersistenceBackend) -> ar.AgentSession
     worker = ar.AgentRuntime(checkpoint_backend=backend)
     session = worker.create_session("a", "s")
     await worker.run_turn(session, "Q1", script(ONE))
-    with pytest.raises(RuntimeError, match="died"):
+    with pytest.raises(ar.PersistenceError, match="died"):
         await CheckpointStore(DiesAtDelete(backend, "session:s:run:1")).sweep(older_than=-1.0)
     assert await backend.list_keys("session:s") == ["session:s:run:1"]  # all but the claim
     return session
@@ -104,11 +104,11 @@ async def test_a_sweep_deletes_old_incomplete_forks_not_a_fork_under_way(
         past.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: 1_000_000.0))
         past.setattr(checkpoints, "_GRACE_SECONDS", -1.0)
         # `f`: its marker and claim; `g`: its marker, and a takeover of it cut short.
-        with pytest.raises(RuntimeError, match="died"):
+        with pytest.raises(ar.PersistenceError, match="died"):
             await CheckpointStore(DiesAfter(backend, 2)).fork("src", 1, "f")
-        with pytest.raises(RuntimeError, match="died"):
+        with pytest.raises(ar.PersistenceError, match="died"):
             await CheckpointStore(DiesAfter(backend, 1)).fork("src", 1, "g")
-        with pytest.raises(RuntimeError, match="died"):
+        with pytest.raises(ar.PersistenceError, match="died"):
             await CheckpointStore(DiesAfter(backend, 1)).fork("src", 1, "g")
     left = await backend.list_keys("session:")
     with pytest.raises(ar.PersistenceError, match="takes over the incomplete fork there"):
@@ -166,7 +166,7 @@ async def test_two_forks_taking_over_one_incomplete_fork_at_once_fork_once(
     await runtime.run_agent("a", "Q", script(CHARGE, CHARGE, FINAL), session=source)
     with monkeypatch.context() as past:  # a minute ago: its process ended
         past.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: now() - 61))
-        with pytest.raises(RuntimeError, match="died"):
+        with pytest.raises(ar.PersistenceError, match="died"):
             await CheckpointStore(DiesAfter(backend, 2)).fork("src", 2, "f")
     slow = PausedMarkerDelete(backend)
     forks = [asyncio.ensure_future(CheckpointStore(slow).fork("src", 2, "f")) for _ in "ab"]
@@ -305,7 +305,7 @@ async def test_a_sweep_cut_short_refuses_turns_for_a_while_then_the_next_sweep_e
     # It died after its claim, before it deleted the final checkpoint: every later turn was
     # refused, and every later sweep skipped the session, forever.
     _, _, clock = await answered_on_a_clock(backend, monkeypatch)
-    with pytest.raises(RuntimeError, match="died"):
+    with pytest.raises(ar.PersistenceError, match="died"):
         await CheckpointStore(DeadFrom(backend, "session:s:meta")).sweep(-1.0)
     sweeper = CheckpointStore(backend)
     assert await sweeper.sweep(older_than=-1.0) == []  # that sweep may be under way
@@ -319,7 +319,7 @@ async def test_a_turn_deletes_a_sweep_claim_older_than_the_grace_period(
     backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker, session, sweep_at = await answered_on_a_clock(backend, monkeypatch)
-    with pytest.raises(RuntimeError, match="died"):
+    with pytest.raises(ar.PersistenceError, match="died"):
         await CheckpointStore(DeadFrom(backend, "session:s:meta")).sweep(-1.0)
     with pytest.raises(ar.PersistenceError, match="being deleted by a sweep"):
         await worker.run_turn(session, "Q2", script(TWO))

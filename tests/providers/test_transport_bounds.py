@@ -11,15 +11,19 @@ import json
 import ssl
 import threading
 import warnings
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
 from llm_agent_runtime import (
+    AnthropicProvider,
     BudgetExceededError,
     CostBudget,
     FakeClock,
+    OpenAIProvider,
     ProviderError,
     RetryPolicy,
     RuntimeMetrics,
@@ -487,6 +491,10 @@ ENVIRONMENTS = [
     ({"HTTP_PROXY": "ftp://user:hunter2@proxy:21"}, "Unknown scheme"),
     ({"SSL_CERT_FILE": "/nonexistent/bundle.pem"}, "No such file"),
     ({"HTTPS_PROXY": "http://user:hunter2@proxy.corp:80a80"}, "Invalid port"),  # httpx.InvalidURL
+    # A password with a '/' not percent-encoded: httpx reads its start as the port, and quoted
+    # it ("Invalid port: 'hunter2'").
+    ({"HTTPS_PROXY": "http://user:hunter2/Xb7pL@proxy.corp:3128"}, "Invalid port"),
+    ({"HTTPS_PROXY": "http://user:hunter2#Xb7pL@proxy.corp:3128"}, "Invalid port"),
 ]
 
 
@@ -537,3 +545,88 @@ def test_the_clients_of_successive_loops_share_one_tls_context(
         assert asyncio.run(ask()) == f"hi {n}"
     assert len(made) == 1
     asyncio.run(llm.aclose())
+
+
+TLS = Path(__file__).parent / "tls"
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_server_certificate_that_does_not_verify_is_not_retried(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was retryable: each RetryPolicy tried again (with its backoff) what fails the same
+    # way every time, a CA the client does not trust (a corporate one not configured).
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(TLS / "self_signed.pem", TLS / "self_signed.key")
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    base_url = f"https://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    provider = OpenAIProvider if kind == "openai" else AnthropicProvider
+    try:
+        async with provider(api_key="sk-test", base_url=base_url, retry=RetryPolicy(3)) as llm:
+            with pytest.raises(ProviderError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+                await llm.chat(USER)
+    finally:
+        server.close()
+    assert not caught.value.retryable
+    assert "after" not in str(caught.value)  # one attempt: "(after 3 attempts ...)" before
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_proxy_that_never_answers_connect_fails_at_connect_timeout(
+    kind: str, stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # httpcore waits for the CONNECT reply under the read timeout: each attempt took
+    # `timeout` (10 minutes by default) through a stalled corporate proxy.
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # takes the connection, reads the CONNECT, never answers
+
+    proxy = await asyncio.start_server(silent, "127.0.0.1", 0)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+    provider = OpenAIProvider if kind == "openai" else AnthropicProvider
+    started = asyncio.get_running_loop().time()
+    try:
+        async with provider(
+            api_key="sk-test",
+            base_url="https://api.example.test/v1",
+            timeout=30,
+            connect_timeout=0.3,
+            retry=ONCE,
+        ) as llm:
+            with pytest.raises(ProviderError, match=r"timed out \(ConnectTimeout\)") as caught:
+                if stream:
+                    async for _ in llm.chat_stream(USER):
+                        pass
+                else:
+                    await llm.chat(USER)
+    finally:
+        for writer in held:
+            writer.close()
+        proxy.close()
+    assert asyncio.get_running_loop().time() - started < 10
+    assert caught.value.retryable
+    assert "proxy did not answer" in str(caught.value.__cause__)
+
+
+def test_the_tunnel_bound_is_lifted_once_the_connect_reply_came() -> None:
+    timeouts: dict[str, float | None] = {"read": 600.0, "connect": 5.0}
+    connect = SimpleNamespace(method=b"CONNECT", extensions={"timeout": timeouts})
+    post = SimpleNamespace(method=b"POST", extensions={"timeout": timeouts})
+    saved: list[Any] = []
+    event = "http11.receive_response_headers."
+    _http._bound_tunnel(event + "started", {"request": connect}, saved, 5.0)
+    assert timeouts["read"] == 5.0
+    _http._bound_tunnel(event + "complete", {"return_value": None}, saved, 5.0)
+    assert timeouts["read"] == 600.0 and saved == []
+    # The request's own reply waits under the read timeout, as ever.
+    _http._bound_tunnel(event + "started", {"request": post}, saved, 5.0)
+    assert timeouts["read"] == 600.0 and saved == []

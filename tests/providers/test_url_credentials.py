@@ -7,6 +7,7 @@ import json
 import logging
 from typing import Any
 
+import httpx
 import pytest
 
 from llm_agent_runtime import AnthropicProvider, OpenAIProvider, ProviderError
@@ -125,3 +126,26 @@ def test_move_user_info_leaves_a_url_without_any_as_it_is() -> None:
     assert move_user_info("OpenAI", "http://h/a@b", {}) == ("http://h/a@b", {})
     no_password = move_user_info("OpenAI", "http://token@h/v1", {})
     assert no_password == ("http://h/v1", {"authorization": "Basic dG9rZW46"})  # "token:"
+
+
+async def test_a_client_credential_the_provider_would_replace_is_refused(
+    server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The request's header replaced the client's in silence: an OPENAI_API_KEY left in the
+    # shell went to the gateway whose token the client carried.
+    gateway = "GATEWAY-TOKEN"
+    url = server.url + "/v1"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {gateway}"}) as client:
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        with pytest.raises(ProviderError, match="sends its own authorization header"):
+            OpenAIProvider(base_url=url, http_client=client)
+        monkeypatch.delenv("OPENAI_API_KEY")
+        with pytest.raises(ProviderError, match="sends its own authorization header"):
+            OpenAIProvider(base_url=with_user_info(url), http_client=client)
+        server.script(Turn("hello"))
+        async with OpenAIProvider(base_url=url, http_client=client) as llm:
+            assert (await llm.complete("hi")) == "hello"  # the client's own, alone
+        assert server.requests[-1].headers["authorization"] == f"Bearer {gateway}"
+    async with httpx.AsyncClient(headers={"x-api-key": gateway}) as client:
+        with pytest.raises(ProviderError, match="sends its own x-api-key header"):
+            AnthropicProvider(base_url=server.url, api_key=API_KEY, http_client=client)

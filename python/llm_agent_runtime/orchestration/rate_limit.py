@@ -333,7 +333,9 @@ class RateLimiter(CopiedWhole):
 
     `try_acquire` takes tokens or refuses at once; `acquire` waits until they are there.
     Meant for one event loop at a time (not shared between threads); the reservations of
-    waiters a closed loop left behind come back when their tasks are collected. A bucket
+    waiters a closed loop left behind (not yet due) come back once the next `acquire` of
+    their key has let them go and the garbage collector has collected their tasks (until
+    then `try_acquire` and `tokens` count them as taken). A bucket
     that has refilled is dropped now and then (a new key starts full, as it would), so many
     distinct keys do not pile up. A clock that steps back (a wall clock corrected) neither
     drains nor refills a bucket: its refill goes on from where the clock stands.
@@ -364,6 +366,9 @@ class RateLimiter(CopiedWhole):
         self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._room = _WaitingRoom()  # the callers of `acquire` waiting on each key
         self._count = 0  # numbers reservations and refunds (see `Refund`)
+        # The rate each reservation's time was reckoned at: (first number, rate), one entry a
+        # rate set while callers waited (see `acquire`).
+        self._spans: list[tuple[int, float]] = [(0, self._rate)]
         self._sweep_at = _FIRST_SWEEP  # buckets held when refilled ones are next dropped
 
     def _in_use(self) -> str | None:
@@ -385,6 +390,10 @@ class RateLimiter(CopiedWhole):
         # Checked as in the constructor: a NaN or negative rate corrupted every bucket.
         rate = _checked_bucket(rate, self._capacity)[0]
         self._settle()  # the time until now refilled at the old rate
+        if rate != self._rate:
+            if not any(self._room.waiters.values()):  # no reservation is timed at another
+                self._spans.clear()
+            self._spans.append((self._count + 1, rate))
         self._rate = rate
 
     @property
@@ -467,6 +476,29 @@ class RateLimiter(CopiedWhole):
         self._buckets[key] = (level, now)
         return False
 
+    def _give_back_across_rates(self, key: Hashable, seq: int, tokens: float) -> None:
+        """Gives back what a waiter cancelled before it was due, reserved before a rate change.
+
+        Refilled at another rate than its time was reckoned at, the bucket may have paid its
+        tokens before it was due, and dropped them at capacity since: only what the bucket
+        still owes goes back (else a newcomer and the waiters behind were granted them
+        twice). The waiters behind are moved up by those tokens at the rate each one's time
+        was reckoned at (`_spans`).
+        """
+        now = self._clock.now()
+        level = self._refill(key, now)
+        given = min(tokens, max(0.0, -level))
+        self._buckets[key] = (level + given, now)
+        if given <= 0.0:
+            return
+        self._count += 1
+        spans = self._spans
+        for i, (first, rate) in enumerate(spans):
+            after = max(seq, first - 1)  # the numbers after it and before `until`
+            until = spans[i + 1][0] if i + 1 < len(spans) else self._count
+            if after + 1 < until:
+                self._room.owe(key, (after, until, given / rate))
+
     async def acquire(self, key: Hashable = "default", tokens: float = 1.0) -> None:
         """Takes `tokens` from `key`'s bucket, waiting until they have been refilled.
 
@@ -477,7 +509,10 @@ class RateLimiter(CopiedWhole):
         tokens took at the rate when it reserved them (a rate set since changes no waiter's
         time). A waiter cancelled once it is due (before it resumed) was served: nothing is
         given back, as the bucket may have dropped the tokens refilled for it at capacity
-        since.
+        since. So may a bucket whose rate changed since the waiter reserved: such a waiter
+        gives back only what the bucket still owes (its debt, up to the waiter's tokens), and
+        each waiter behind is served sooner by that many tokens at the rate its own time was
+        reckoned at.
 
         Raises:
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
@@ -512,13 +547,15 @@ class RateLimiter(CopiedWhole):
             # given in this turn of the loop (waiters ahead cancelled at once) does not make it
             # due after the fact, as it never was (the bucket was in debt for it until now).
             if bucket is not None and self._clock.now() < waiter.due:
-                # Capped: a capacity lowered while it waited caps what it gives back too
-                # (else a bucket with 3 tokens, capacity 2 by then, granted 3 at once).
-                level = min(bucket[0] + tokens, self._capacity)
-                self._buckets[key] = (level, bucket[1])
-                # The refund is theirs: without it, a newcomer would be served before them.
-                self._count += 1
-                self._room.owe(key, (seq, self._count, refund))
+                if self._spans[-1][0] <= seq:  # timed at the rate in force
+                    # Capped: a capacity lowered while it waited caps what it gives back too
+                    # (else a bucket with 3 tokens, capacity 2 by then, granted 3 at once).
+                    self._buckets[key] = (min(bucket[0] + tokens, self._capacity), bucket[1])
+                    # The refund is theirs: without it, a newcomer would be served first.
+                    self._count += 1
+                    self._room.owe(key, (seq, self._count, refund))
+                else:
+                    self._give_back_across_rates(key, seq, tokens)
             raise
         finally:
             self._room.leave(key, waiter)

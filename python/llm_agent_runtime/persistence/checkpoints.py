@@ -64,6 +64,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import inspect
 import logging
 import math
 import os
@@ -72,11 +73,13 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.orchestration._calls import is_async_callable
 from llm_agent_runtime.persistence._waiting import retrieve_outcome, wait_through_cancellation
 from llm_agent_runtime.persistence.base import (
     PersistenceBackend,
@@ -85,7 +88,7 @@ from llm_agent_runtime.persistence.base import (
     split_session_key,
     step_key,
 )
-from llm_agent_runtime.persistence.codec import decode, encode, record_kind
+from llm_agent_runtime.persistence.codec import decode, encode, record_kind, stored_bytes
 from llm_agent_runtime.session import (
     AgentSession,
     Step,
@@ -672,18 +675,59 @@ def _base_records(raw: bytes, key: str, steps: int | None = None) -> list[StepRe
     return records
 
 
+_HELD_RESUMES: weakref.WeakValueDictionary[str, CheckpointStore] = weakref.WeakValueDictionary()
+"""The stores of this process by the nonce of each resume claim they hold, or are writing: a
+claim that names this process and a nonce not here was left behind (its deletion failed, or
+its store is gone)."""
+
+
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux); None where not known.
+
+    With its pid, it names one process: a pid is reused, by a container restarted (its entry
+    point is pid 1 again, under the same host name) or after the pids wrapped around.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        return int(fields[19])  # field 22, `starttime`; the first two precede the ")"
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _holder_tag() -> dict[str, Any]:
+    """What a claim says of the process that wrote it: host name, pid and start time."""
+    pid = os.getpid()
+    tag: dict[str, Any] = {"host": socket.gethostname(), "pid": pid}
+    started = _process_start(pid)
+    if started is not None:
+        tag["started"] = started
+    return tag
+
+
 def _ended_here(holder: Any) -> bool:
     """Whether a resume claim's holder is a process of this host that is no longer running.
 
-    Told by the claim's `host` (the host's name) and `pid`. A claim that names neither (older
-    versions wrote none), another host's, this process's own, or one whose process runs
-    (under any user) is not; neither is any on Windows, where no signal 0 tests a process.
+    Told by the claim's `host` (the host's name), `pid` and `started` (the process's start
+    time, where known). A claim that names neither host nor pid (older versions wrote none),
+    another host's, or one whose process runs (under any user) is not; neither is any on
+    Windows, where no signal 0 tests a process. A claim naming this process is one no store
+    of it holds any more (its deletion failed); one naming this pid with another start time,
+    or a running process started after it, is an earlier process's that had the same pid.
     """
     if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
         return False
     pid = holder.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
+    started = holder.get("started")
+    if not isinstance(started, int) or isinstance(started, bool):
+        started = None
+    if pid == os.getpid():
+        if started is not None and started != _process_start(pid):
+            return True
+        nonce = holder.get("resume")  # a takeover's record has none: it is under way here
+        return isinstance(nonce, str) and nonce not in _HELD_RESUMES
     if sys.platform == "win32":
         return False
     try:
@@ -691,15 +735,17 @@ def _ended_here(holder: Any) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # PermissionError: it runs, as another user
-        return False
+        pass
     # Signal 0 reaches a zombie too: a process that ended, not yet reaped by its parent (a
     # supervisor that noticed its death by a timeout, say). Linux tells one by its state.
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rpartition(b")")[2].split()[:1]
+            fields = stat.read().rpartition(b")")[2].split()
     except OSError:
         return False
-    return state in ([b"Z"], [b"X"])
+    if fields[:1] in ([b"Z"], [b"X"]):
+        return True
+    return started is not None and fields[19:20] != [str(started).encode()]
 
 
 def _lease_passed(holder: Any) -> bool:
@@ -739,6 +785,35 @@ def _lease_seconds(value: Any) -> float | None:
     )
 
 
+def _wrote(outcome: object, method: str) -> bool:
+    """Whether a backend's conditional write wrote: the bool it returned.
+
+    The conditional writes are `save_new`, `batch_save_if` and `batch_delete_if`.
+
+    An int 0 or 1 (what a script of a key-value server returns) is taken too.
+
+    Raises:
+        PersistenceError: It returned anything else (None: a `return` forgotten). Read as
+            false, it would say another worker holds the key, which none may.
+    """
+    if outcome is True or outcome is False:
+        return outcome
+    if type(outcome) is int and outcome in (0, 1):
+        return bool(outcome)
+    raise PersistenceError(
+        f"the backend's {method} returned {_type_name(outcome)}, not a bool (True when it "
+        "wrote, False when it did not)"
+    )
+
+
+def _type_name(value: object) -> str:
+    """How an error message names the type of a backend's result."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
+
+
 def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
     """The keys that are exactly `prefix` then a number (no other session's), by number.
 
@@ -755,8 +830,72 @@ def _numbered(keys: Iterable[str], prefix: str) -> list[tuple[int, str]]:
     return found
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 # What `CheckpointStore` calls on its backend (`save_new`, where there is one, too).
 _BACKEND_METHODS = ("save", "load", "delete", "batch_save", "batch_load", "list_keys")
+# The optional conditional writes of a `FencedPersistenceBackend`, used where a backend has them.
+_CONDITIONAL_WRITES = ("save_new", "batch_save_if", "batch_delete_if")
+
+
+def _backend_failures_typed(
+    doing: str,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """A `CheckpointStore` method whose backend's own errors come out as `PersistenceError`s.
+
+    A backend's own error (an `OSError`, a driver's) says what failed, with the error as its
+    cause, as the run's writes do: a caller's `except PersistenceError` covers a resume, a
+    fork or a sweep too. `doing` names the work: `f"{doing} session 'id' failed: ..."` for a
+    method taking a session id first, `f"{doing} failed: ..."` for another.
+    """
+
+    def decorate(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        @functools.wraps(method)
+        async def typed(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await method(*args, **kwargs)
+            except PersistenceError:
+                raise
+            except Exception as error:
+                session_id = args[1] if len(args) > 1 and isinstance(args[1], str) else None
+                what = doing if session_id is None else f"{doing} session {session_id!r}"
+                raise PersistenceError(f"{what} failed: {type(error).__name__}: {error}") from error
+
+        return typed
+
+    return decorate
+
+
+class _AwaitedBackend:
+    """A backend whose methods `blocking` may not be async.
+
+    Each call's result is awaited, and one that is no awaitable (a synchronous method) is a
+    `PersistenceError` naming it, not a bare "can't be used in 'await' expression" from deep
+    in a load. Its other attributes are the backend's.
+    """
+
+    def __init__(self, backend: Any, blocking: list[str]) -> None:
+        self._backend = backend
+        for name in blocking:
+            setattr(self, name, self._awaited(getattr(backend, name), name))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def _awaited(self, method: Callable[..., Any], name: str) -> Callable[..., Awaitable[Any]]:
+        owner = type(self._backend).__name__
+
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            if not inspect.isawaitable(result):
+                raise PersistenceError(
+                    f"a checkpoint backend's methods must be async (async def {name}(...)): "
+                    f"{owner}.{name} is synchronous and returned {_type_name(result)}"
+                )
+            return await result
+
+        return awaited
 
 
 def delete_claims_apart(session_id: str, deletion: Awaitable[Any], left: str) -> asyncio.Task[Any]:
@@ -894,7 +1033,12 @@ class CheckpointStore:
                 f"a checkpoint backend needs {', '.join(missing)}: got {type(backend).__name__} "
                 "(see PersistenceBackend)"
             )
-        self.backend = backend
+        blocking = [
+            m
+            for m in (*_BACKEND_METHODS, *_CONDITIONAL_WRITES)
+            if callable(getattr(backend, m, None)) and not is_async_callable(getattr(backend, m))
+        ]
+        self.backend = _AwaitedBackend(backend, blocking) if blocking else backend
         self.resume_lease_seconds = _lease_seconds(resume_lease_seconds)
         self._next_event: dict[str, int] = {}  # per running session: the log's next number
         # Per session, the step records and events of its last failed `save_steps`, encoded
@@ -1011,7 +1155,7 @@ class CheckpointStore:
         save_new = getattr(self.backend, "save_new", None)
         # A fresh id's meta record first, insert-if-absent: of runs (and forks) starting it
         # at once, one writes it.
-        if fresh and callable(save_new) and not await save_new(meta_key, meta):
+        if fresh and callable(save_new) and not _wrote(await save_new(meta_key, meta), "save_new"):
             why = "was just taken by another run or a fork starting under it"
             self._refuse(session.session_id, why, _RUN_UNDER_WAY_ADVICE)
         claim = f"{key}:run:{session.step_count}"
@@ -1218,7 +1362,7 @@ class CheckpointStore:
         """
         save_new = getattr(self.backend, "save_new", None)
         if callable(save_new):
-            return bool(await save_new(key, value))
+            return _wrote(await save_new(key, value), "save_new")
         if await self.backend.load(key) is not None:
             return False
         await self.backend.save(key, value)
@@ -1233,9 +1377,12 @@ class CheckpointStore:
         names the run in its session) insert-if-absent, holding a nonce of its own: of
         workers resuming one session at once, in any process, one runs; the others are
         refused. The resume claim is deleted when the resumed run ends (its final checkpoint,
-        or `release` when it fails). A resumer whose process ended leaves it. The claim names
-        the resumer's host and process id: a claim of a process of this host that is no
-        longer running is taken over, by one worker (it writes
+        or `release` when it fails). A resumer whose process ended leaves it, as does a
+        deletion that fails (a database down). The claim names the resumer's host, process id
+        and (on Linux) the process's start time: a claim of a process of this host that is no
+        longer running (a pid reused by a later process, a restarted container's entry point,
+        is told by its start time), or of this process that no store of it holds any more, is
+        taken over, by one worker (it writes
         `session:<id>:resume:<first_step>:<that claim's nonce>` insert-if-absent, checks
         that the claim is still the one it read, then writes its own over it, and deletes
         both when its run ends); the others are refused. Hosts are told apart by name:
@@ -1289,22 +1436,38 @@ class CheckpointStore:
                 resumed it since `state` was loaded (load it again), or another run claimed
                 the step after the session was loaded.
         """
+        nonce = uuid.uuid4().hex
+        _HELD_RESUMES[nonce] = self  # before the claim is written (see `_ended_here`)
         try:
-            await self._claim_resumed(state, lost)
+            await self._claim_resumed(state, lost, nonce)
         except BaseException:
+            held = self._resumes.get(state.session_id)
+            if held is None or held.nonce != nonce:
+                _HELD_RESUMES.pop(nonce, None)
             # Cut off or failed before it held the session: nothing of the run is written,
             # its end neither, where another worker may be resuming it.
             self._refused.add(state.session_id)
             raise
 
+    def _pop_resume(self, session_id: str, deleting: bool = False) -> _Resume | None:
+        """Takes the resume claim this store holds of the session from it, if any.
+
+        Its nonce is no longer held in this process (with `deleting`, once its deletion was
+        tried: see `_delete_all`): a claim left behind is taken over by the next resume here
+        (see `_ended_here`).
+        """
+        resume = self._resumes.pop(session_id, None)
+        if resume is not None and not deleting:
+            _HELD_RESUMES.pop(resume.nonce, None)
+        return resume
+
     async def _claim_resumed(
-        self, state: SessionState, lost: Callable[[PersistenceError], None] | None
+        self, state: SessionState, lost: Callable[[PersistenceError], None] | None, nonce: str
     ) -> None:
         run = state.run or ""
         key = session_key(state.session_id)
         resume_key = f"{key}:resume:{state.first_step}"
-        nonce, host, pid = uuid.uuid4().hex, socket.gethostname(), os.getpid()
-        claim: dict[str, Any] = {"run": run, "resume": nonce, "host": host, "pid": pid}
+        claim: dict[str, Any] = {"run": run, "resume": nonce, **_holder_tag()}
         # Taken before the expiry is: the lease counts from no later (see `_Lease.renew_by`).
         written = time.monotonic() if self.resume_lease_seconds is not None else 0.0
         mine = self._leased(claim)
@@ -1315,7 +1478,7 @@ class CheckpointStore:
             # once written (before the claim: see `_fence_of`).
             self._resumes[state.session_id] = _Resume(resume_key, nonce, [resume_key])
             if not await self._claimed(self._save_guarded(resume_key, mine, fence), fence):
-                self._resumes.pop(state.session_id, None)  # another worker's claim now
+                self._pop_resume(state.session_id)  # another worker's claim now
                 self._refuse(state.session_id, _RESUMED, _RESUMED_ADVICE)
             self._resumes[state.session_id] = _Resume(resume_key, nonce, [*fence, resume_key])
         elif not await self._take_over(state.session_id, resume_key, nonce, mine):
@@ -1386,7 +1549,7 @@ class CheckpointStore:
         """
         save_if = getattr(self.backend, "batch_save_if", None)
         if callable(save_if):
-            return bool(await save_if(guard_key, guard_value, items))
+            return _wrote(await save_if(guard_key, guard_value, items), "batch_save_if")
         if await self.backend.load(guard_key) != guard_value:
             return False
         await self.backend.batch_save(items)
@@ -1494,7 +1657,7 @@ class CheckpointStore:
         if lease.renewing is not None and lease.renewing is not asyncio.current_task():
             lease.renewing.cancel()
         self._claims.pop(session_id, None)
-        resume = self._resumes.pop(session_id, None)
+        resume = self._pop_resume(session_id)
         for key in resume.keys if resume is not None else []:
             if key in (lease.key, lease.fence):  # the taker's now
                 continue
@@ -1545,10 +1708,9 @@ class CheckpointStore:
         if not (_lease_passed(holder) or _ended_here(holder)):
             return False
         takeover = f"{resume_key}:{theirs}"
-        host, pid = socket.gethostname(), os.getpid()
         # Under a lease, the takeover key expires as a claim would: a worker that dies
         # between its two writes blocks the session no longer than its lease.
-        record = self._leased({"takeover": theirs, "at": time.time(), "host": host, "pid": pid})
+        record = self._leased({"takeover": theirs, "at": time.time(), **_holder_tag()})
         if not await self._claimed(self._save_if_absent(takeover, record), {takeover: record}):
             # Another worker's takeover: under way, done (the claim is its own now, so it
             # holds something else than `raw`), or cut short between its two writes (its
@@ -1617,7 +1779,7 @@ class CheckpointStore:
         delete_if = getattr(self.backend, "batch_delete_if", None)
         if callable(delete_if):
             try:
-                return bool(await delete_if(guard_key, guard_value, keys))
+                return _wrote(await delete_if(guard_key, guard_value, keys), "batch_delete_if")
             except Exception as error:
                 logger.debug("guarded deletion of %s failed, done key by key: %r", keys, error)
         if await self.backend.load(guard_key) != guard_value:
@@ -1638,10 +1800,11 @@ class CheckpointStore:
         In a task of its own: cut half way by a cancellation, it would leave the claim,
         naming this live process, and every later resume of the session would be refused.
         """
-        resume = self._resumes.pop(session_id, None)
+        resume = self._pop_resume(session_id, deleting=True)
         if resume is not None:
             await asyncio.shield(self._in_background(self._delete_all([], resume)))
 
+    @_backend_failures_typed("releasing the resume claims of")
     async def release_resume(self, session_id: str) -> bool:
         """Deletes the stored resume claims of a session; returns whether there were any.
 
@@ -1653,15 +1816,15 @@ class CheckpointStore:
         renewal). The keys of takeovers, and the claims' fences, go too.
         """
         fences = f"{session_key(session_id)}:fence:"
-        for fence in await self.backend.list_keys(fences):
+        for fence in await self._list_keys(fences):
             if fence[len(fences) :].isdigit():
                 await self.backend.delete(fence)
         prefix = f"{session_key(session_id)}:resume:"
-        keys = await self.backend.list_keys(prefix)
+        keys = await self._list_keys(prefix)
         claims = sorted(k for k in keys if k.startswith(prefix) and _RESUME.match(k, len(prefix)))
         for claim in claims:
             await self.backend.delete(claim)
-        self._resumes.pop(session_id, None)
+        self._pop_resume(session_id)
         return bool(claims)
 
     async def _latest_run_ended(self, key: str, steps: int) -> tuple[bool, bytes | None]:
@@ -1721,15 +1884,38 @@ class CheckpointStore:
             )
         return found
 
+    async def _list_keys(self, prefix: str) -> list[str]:
+        """The backend's `list_keys(prefix)`, as a list of strs.
+
+        Any iterable of strs is taken (a generator would be used up by the first of the
+        several passes some callers make over the keys, and the others would see none).
+
+        Raises:
+            PersistenceError: The backend returned something else (it breaks its protocol).
+        """
+        found = await self.backend.list_keys(prefix)
+        if type(found) is list:
+            keys = found
+        elif isinstance(found, (str, bytes, dict)) or not hasattr(found, "__iter__"):
+            raise PersistenceError(
+                f"the backend's list_keys returned {_type_name(found)}, not a list of strs"
+            )
+        else:
+            keys = list(found)
+        for key in keys:
+            if type(key) is not str:
+                raise PersistenceError(
+                    f"the backend's list_keys returned a key that is {_type_name(key)}, not a str"
+                )
+        return keys
+
     async def _stored_steps(self, key: str, listed: list[str] | None = None) -> int:
         """How many steps the store holds of session key `key` (the highest step saved).
 
         `listed`: the keys under `key:`, listed already (else the steps and bases are).
         """
         prefix = f"{key}:step:"
-        deltas = _numbered(
-            await self.backend.list_keys(prefix) if listed is None else listed, prefix
-        )
+        deltas = _numbered(await self._list_keys(prefix) if listed is None else listed, prefix)
         return max(deltas[-1][0] if deltas else 0, await self._longest_base(key, listed))
 
     def forget(self, session_id: str) -> None:
@@ -1739,7 +1925,7 @@ class CheckpointStore:
         self._refused.discard(session_id)
         self._lost.pop(session_id, None)
         self._claims.pop(session_id, None)
-        self._resumes.pop(session_id, None)
+        self._pop_resume(session_id)
         self._stop_renewing(session_id)
 
     def release(self, session_id: str) -> Awaitable[Any]:
@@ -1765,7 +1951,7 @@ class CheckpointStore:
         """
         claim = self._claims.pop(session_id, None)
         keys = [claim.key] if claim is not None and (claim.owned or another_runs) else []
-        resume = self._resumes.pop(session_id, None)
+        resume = self._pop_resume(session_id, deleting=True)
         renewing = self._stop_renewing(session_id)
         if renewing is not None:
             return self._release_leased(renewing, keys, resume)
@@ -1785,9 +1971,13 @@ class CheckpointStore:
         another worker's then (see `_lose`), and this worker's takeover key is deleted
         already.
         """
-        await asyncio.wait([renewing])
-        if renewing.cancelled():
-            await self._delete_all(keys, resume)
+        try:
+            await asyncio.wait([renewing])
+            if renewing.cancelled():
+                await self._delete_all(keys, resume)
+        finally:
+            if resume is not None:  # lost: the claim is another worker's
+                _HELD_RESUMES.pop(resume.nonce, None)
 
     async def _delete_all(self, keys: Sequence[str], resume: _Resume | None = None) -> None:
         """Deletes `keys`, then what `resume` wrote (see `_deletions`), one after the other.
@@ -1796,11 +1986,15 @@ class CheckpointStore:
         were tried: a fence that could not be deleted must not leave its claim behind too.
         """
         failures: list[Exception] = []
-        for deletion in self._deletions(keys, resume):
-            try:
-                await deletion()
-            except Exception as error:
-                failures.append(error)
+        try:
+            for deletion in self._deletions(keys, resume):
+                try:
+                    await deletion()
+                except Exception as error:
+                    failures.append(error)
+        finally:
+            if resume is not None:  # tried: a claim left now is no store's (`_ended_here`)
+                _HELD_RESUMES.pop(resume.nonce, None)
         if failures:
             raise failures[0]
 
@@ -2059,7 +2253,7 @@ class CheckpointStore:
         prefix = f"{session_key(session_id)}:event:"
         start = self._next_event.get(session_id)
         if start is None:  # first events of this process for the session: find the log's end
-            existing = _numbered(await self.backend.list_keys(prefix), prefix)
+            existing = _numbered(await self._list_keys(prefix), prefix)
             start = existing[-1][0] + 1 if existing else 0
         self._next_event[session_id] = start + len(events)
         if cache is None:
@@ -2152,6 +2346,7 @@ class CheckpointStore:
             await self._save_with_events(session_id, {}, events)
 
     # ------------------------------------------------------------------ reading
+    @_backend_failures_typed("loading")
     async def load(self, session_id: str) -> SessionState:
         """Loads a session: meta, the folded step deltas, and the final checkpoint if any.
 
@@ -2168,6 +2363,11 @@ class CheckpointStore:
         for _ in range(_SNAPSHOT_ATTEMPTS):
             final_raw = await self.backend.load(base_key)
             meta_raw = await self.backend.load(meta_key)
+            # Checked before they are compared with `batch_load`'s: a `load` giving another
+            # type would make every comparison fail ("the session changed at each read").
+            for raw, key in ((final_raw, base_key), (meta_raw, meta_key)):
+                if raw is not None:
+                    stored_bytes(raw, key)
             if meta_raw is None and final_raw is None:
                 raise PersistenceError("no checkpoint saved", key=base_key)
             records = await self._fold(base_key)
@@ -2265,7 +2465,7 @@ class CheckpointStore:
         prefix = f"{base_key}:step:"
         missing = prefix
         for _ in range(_LOAD_ATTEMPTS):
-            listed = _numbered(await self.backend.list_keys(prefix), prefix)
+            listed = _numbered(await self._list_keys(prefix), prefix)
             folded = await self._folded(base_key)
             if folded is None:
                 missing = f"{base_key}:base"  # replaced meanwhile (read again)
@@ -2292,7 +2492,7 @@ class CheckpointStore:
         under `base_key:`, listed already.
         """
         if listed is None:
-            listed = await self.backend.list_keys(f"{base_key}:base")
+            listed = await self._list_keys(f"{base_key}:base")
         return _numbered(listed, f"{base_key}:base:"), f"{base_key}:base" in listed
 
     async def _folded(self, base_key: str) -> list[StepRecord] | None:
@@ -2319,6 +2519,7 @@ class CheckpointStore:
                 records = older
         return records
 
+    @_backend_failures_typed("reading the journal of")
     async def load_journal(
         self, session_id: str, step: int, run: str | None = None
     ) -> list[dict[str, Any]]:
@@ -2329,15 +2530,17 @@ class CheckpointStore:
         (older versions) are kept.
         """
         prefix = f"{session_key(session_id)}:call:{step}:"
-        keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
+        keys = [k for _, k in _numbered(await self._list_keys(prefix), prefix)]
         values = await self._batch_load(keys)
         entries = [_journal_entry(values[k], k) for k in keys if k in values]
         return [e for e in entries if not is_stale_entry(e, run)]
 
+    @_backend_failures_typed("counting the saved steps of")
     async def saved_steps(self, session_id: str) -> int:
         """How many steps of the session the store holds (its deltas and base records)."""
         return await self._stored_steps(session_key(session_id))
 
+    @_backend_failures_typed("reading the run of")
     async def current_run(self, session_id: str) -> str | None:
         """The id of the session's latest run (its meta record's), None without one."""
         key = f"{session_key(session_id)}:meta"
@@ -2346,6 +2549,7 @@ class CheckpointStore:
         run = meta.get("run") if isinstance(meta, dict) else None
         return run if isinstance(run, str) else None
 
+    @_backend_failures_typed("reading the events of")
     async def events(self, session_id: str) -> list[dict[str, Any]]:
         """The session's event log, oldest first.
 
@@ -2354,10 +2558,11 @@ class CheckpointStore:
                 object with a `type` (a foreign record).
         """
         prefix = f"{session_key(session_id)}:event:"
-        keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
+        keys = [k for _, k in _numbered(await self._list_keys(prefix), prefix)]
         values = await self._batch_load(keys)
         return [_event(decode(values[k], k, "event"), k) for k in keys if k in values]
 
+    @_backend_failures_typed("reading the events of")
     async def run_end_logged(self, session_id: str) -> bool:
         """Whether the session's latest run logged its `RunFinished` event.
 
@@ -2371,6 +2576,7 @@ class CheckpointStore:
                 return bool(kind == "RunFinished")
         return False
 
+    @_backend_failures_typed("reading the events of")
     async def events_of_steps_from(
         self, session_id: str, step: int, run: str | None
     ) -> list[dict[str, Any]]:
@@ -2397,7 +2603,7 @@ class CheckpointStore:
     async def _events_back(self, session_id: str) -> AsyncIterator[dict[str, Any]]:
         """The session's logged events from the newest back, read a few at a time."""
         prefix = f"{session_key(session_id)}:event:"
-        keys = [k for _, k in _numbered(await self.backend.list_keys(prefix), prefix)]
+        keys = [k for _, k in _numbered(await self._list_keys(prefix), prefix)]
         while keys:
             chunk, keys = keys[-_EVENTS_READ_BACK:], keys[:-_EVENTS_READ_BACK]
             values = await self._batch_load(chunk)
@@ -2408,6 +2614,7 @@ class CheckpointStore:
                     yield event
 
     # ------------------------------------------------------------------ maintenance
+    @_backend_failures_typed("pruning")
     async def prune(self, session_id: str, keep_last: int) -> int:
         """Folds all but the last `keep_last` step deltas into a base record.
 
@@ -2441,8 +2648,8 @@ class CheckpointStore:
             raise PersistenceError("the session was deleted (swept) as it was pruned", key=key)
         # What that base holds: the deltas and the journal entries of steps 1 to `cut`.
         steps, calls = f"{key}:step:", f"{key}:call:"
-        doomed = [k for n, k in _numbered(await self.backend.list_keys(steps), steps) if n <= cut]
-        for call in await self.backend.list_keys(calls):
+        doomed = [k for n, k in _numbered(await self._list_keys(steps), steps) if n <= cut]
+        for call in await self._list_keys(calls):
             number = _CALL.match(call, len(calls))
             if number is not None and call.startswith(calls) and int(number[1]) <= cut:
                 doomed.append(call)
@@ -2473,6 +2680,7 @@ class CheckpointStore:
             longest = max(longest, len(await self._legacy_base(key)))
         return longest
 
+    @_backend_failures_typed("the sweep")
     async def sweep(self, older_than: float, now: float | None = None) -> list[str]:
         """Deletes finished sessions that ended more than `older_than` seconds ago.
 
@@ -2508,7 +2716,7 @@ class CheckpointStore:
             raise PersistenceError(
                 f"now ({now}) and older_than ({older_than}) leave no time to sweep by"
             )
-        keys = await self.backend.list_keys(_PREFIX)
+        keys = await self._list_keys(_PREFIX)
         present = set(keys)
         candidates: dict[str, None] = {}  # session ids, in key order
         claimed = set()  # sessions with a run's claim
@@ -2575,7 +2783,7 @@ class CheckpointStore:
             return False
         # The session's keys, listed once for what follows (on a backend whose listing
         # reads every key, a sweep of many sessions paid for four listings a session).
-        own = await self.backend.list_keys(f"{key}:")
+        own = await self._list_keys(f"{key}:")
         if session_id in claimed and await self._claimed_after(key, final, own):
             return False  # a later turn claimed the session (its meta record not yet written)
         return old_enough and await self._sweep_one(key, raw, own)
@@ -2592,7 +2800,7 @@ class CheckpointStore:
         (see `_is_takeover`).
         """
         prefix = f"{key}:"
-        listed = await self.backend.list_keys(prefix)
+        listed = await self._list_keys(prefix)
         meta = await self.backend.load(f"{key}:meta")
         current = _digest(meta) if meta is not None else None
         # Neither record: a base record left is one a prune wrote as a sweep deleted the
@@ -2652,7 +2860,7 @@ class CheckpointStore:
             final = decode(final_raw, key, "session")
             if await self.backend.load(key) != final_raw:
                 return False  # a run went on meanwhile: not finished
-            listed = await self.backend.list_keys(prefix)
+            listed = await self._list_keys(prefix)
             if await self._stored_steps(key, listed) != steps or (
                 meta is not None and _turn_after(meta, final)
             ):
@@ -2732,6 +2940,7 @@ class CheckpointStore:
                 return False  # a fork (or another sweep) takes the id over right now
         return await self._drop_fork(key, raw, takeover)
 
+    @_backend_failures_typed("forking")
     async def fork(self, session_id: str, step: int, new_session_id: str) -> AgentSession:
         """Starts session `new_session_id` from step `step` of `session_id` (time travel).
 
@@ -2800,7 +3009,7 @@ class CheckpointStore:
         # told by its marker (`load` refuses it, and a fork may take its id over).
         _, marker = _meta_item(fork, state.mode, run, **shape, incomplete_fork=True)
         save_new = getattr(self.backend, "save_new", None)
-        if save_new is not None and not await save_new(meta_key, marker):
+        if save_new is not None and not _wrote(await save_new(meta_key, marker), "save_new"):
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: another fork took it meanwhile "
                 "(fork into a new session id)",
@@ -2903,9 +3112,7 @@ class CheckpointStore:
         meta_key, claim = f"{key}:meta", f"{key}:run:0"
         prefix = f"{key}:"
         try:
-            own = [
-                k for k in await self.backend.list_keys(prefix) if _OWN_SUFFIX.match(k, len(prefix))
-            ]
+            own = [k for k in await self._list_keys(prefix) if _OWN_SUFFIX.match(k, len(prefix))]
             takeovers = [k for k in own if _FORK_TAKEOVER.match(k, len(prefix))]
             if not set(own) - set(takeovers) <= {meta_key, claim}:
                 return False  # steps or other records: not an incomplete fork's id alone
@@ -2931,6 +3138,7 @@ class CheckpointStore:
         finally:
             await self.backend.delete(takeover)
 
+    @_backend_failures_typed("looking up")
     async def exists(self, session_id: str) -> bool:
         """Whether the session has any checkpoint record (final, meta, step, event, ...).
 
@@ -2945,7 +3153,7 @@ class CheckpointStore:
             _OWN_SUFFIX.match(k, len(prefix))
             and not _FORK_TAKEOVER.match(k, len(prefix))
             and not _RUN_TAKEOVER.match(k, len(prefix))
-            for k in await self.backend.list_keys(prefix)
+            for k in await self._list_keys(prefix)
         )
 
 

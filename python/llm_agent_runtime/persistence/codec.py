@@ -74,7 +74,7 @@ def _str_keys(value: Any) -> Any:
     return value
 
 
-def _stored_bytes(raw: Any, key: str | None) -> bytes | bytearray | memoryview:
+def stored_bytes(raw: Any, key: str | None) -> bytes | bytearray | memoryview:
     """`raw`, a value a backend loaded, checked to be bytes (as a backend takes them).
 
     Raises:
@@ -97,7 +97,7 @@ def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
             that has a key written twice (which `encode` never writes: it is corrupt or
             forged, and `json` alone would keep the last value without a word).
     """
-    header, newline, body = bytes(_stored_bytes(raw, key)).partition(b"\n")
+    header, newline, body = bytes(stored_bytes(raw, key)).partition(b"\n")
     parts = header.split(b" ")
     if not newline or len(parts) != 3 or not parts[0].startswith(_MAGIC):
         raise PersistenceError("not a llm-agent-runtime record (bad header)", key=key)
@@ -142,7 +142,7 @@ def record_kind(raw: bytes) -> str | None:
     Raises:
         PersistenceError: `raw` is not bytes (a backend's `load` gave something else).
     """
-    header = bytes(_stored_bytes(raw, None)[:256]).partition(b"\n")[0].split(b" ")
+    header = bytes(stored_bytes(raw, None)[:256]).partition(b"\n")[0].split(b" ")
     if len(header) != 3 or not header[0].startswith(_MAGIC):
         return None
     return header[2].decode(errors="replace")

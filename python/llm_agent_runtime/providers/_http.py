@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import ssl  # httpx imports it: no cost
 import sys
 import threading
 import time
@@ -68,8 +69,6 @@ from llm_agent_runtime.providers.base import (
 )
 
 if TYPE_CHECKING:
-    import ssl
-
     from llm_agent_runtime._core import RuntimeMetrics
     from llm_agent_runtime.orchestration.budget import CostBudget
 
@@ -817,10 +816,29 @@ def client_from_environment(who: str, make: Callable[[], ClientT]) -> ClientT:
         ]
         settings = ", ".join(named) if named else "none of HTTP(S)_PROXY, ALL_PROXY, SSL_CERT_*"
         reason = _URL_USER_INFO.sub(r"\1[redacted]@", str(error)) or type(error).__name__
+        # httpx may quote a piece of a URL it could not read, which can be a piece of a
+        # password (`Invalid port: 'Zk3q9'` for `user:Zk3q9/Xb@host`): each piece is hidden.
+        for piece in sorted(_user_info_pieces(named), key=len, reverse=True):
+            reason = reason.replace(piece, "[redacted]")
         raise ProviderError(
             f"{who} cannot make its HTTP client from this environment's proxy and TLS "
             f"settings (set: {settings}): {reason}"
         ) from None
+
+
+def _user_info_pieces(names: list[str]) -> set[str]:
+    """The pieces (as URL delimiters split them) of the user info the settings `names` hold.
+
+    Pieces of fewer than 3 characters are left: hiding them would garble the message, and
+    they give little of a password away.
+    """
+    pieces: set[str] = set()
+    for name in names:
+        value = os.environ.get(name) or os.environ.get(name.lower()) or ""
+        user_info = value.partition("://")[2].rpartition("@")[0]
+        for piece in re.split(r"[:/?#@\[\]]", user_info):
+            pieces.update(p for p in (piece, unquote(piece)) if len(p) >= 3)
+    return pieces
 
 
 def move_user_info(name: str, url: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
@@ -861,6 +879,29 @@ def move_user_info(name: str, url: str, headers: Mapping[str, str]) -> tuple[str
     pair = f"{unquote(user)}:{unquote(password)}".encode()
     headers["authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
     return f"{scheme}//{host}{slash}{path}", headers
+
+
+def _refuse_credential_clash(
+    name: str, headers: Mapping[str, str], client_headers: Mapping[str, str]
+) -> None:
+    """Refuses a credential header that both the provider and a caller's client would send.
+
+    Each request's own header would replace the client's in silence: a gateway's token set
+    on the client gave way to an `OPENAI_API_KEY` left in the shell, which went to the
+    gateway instead.
+
+    Raises:
+        ProviderError: Naming the header (never its value).
+    """
+    ours = {key.lower() for key in headers}
+    for key in client_headers:
+        if key.lower() in ours and key.lower() in _CREDENTIAL_HEADERS:
+            raise ProviderError(
+                f"the http_client given to the {name} provider sends its own {key} header, "
+                "and the provider would send one too (from api_key=, its environment "
+                "variable, or a user name and password in the base URL), replacing it: "
+                "drop one of them"
+            )
 
 
 _CREDENTIAL_HEADERS = frozenset(("authorization", "proxy-authorization", "x-api-key", "api-key"))
@@ -1478,15 +1519,55 @@ def _described(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _certificate_refused(error: BaseException) -> bool:
+    """Whether `error` came of a server certificate that did not verify (a CA missing).
+
+    httpx wraps the `ssl.SSLCertVerificationError` in its `ConnectError` (through
+    httpcore's, as a cause or a context): each is followed. Another attempt fails the same
+    way, unlike a TLS connection cut mid-handshake (an `SSLEOFError`), which may not.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _bound_tunnel(event: str, info: dict[str, Any], saved: list[Any], seconds: Any) -> None:
+    """Bounds the wait for a proxy's reply to the CONNECT of a tunnel by `seconds`.
+
+    httpcore waits for it under the read timeout (`timeout`, minutes): a proxy that takes
+    the connection and never answers held each attempt that long. The tunnel is part of the
+    connection, so `connect_timeout` bounds it: the CONNECT request shares the request's
+    timeouts, whose read timeout is lowered while its reply is awaited (kept in `saved`)
+    and given back once it came. Left lowered when it failed: `saved` tells the caller.
+    """
+    if event.endswith(".started"):
+        connect: Any = info.get("request")
+        if seconds is not None and getattr(connect, "method", None) == b"CONNECT":
+            timeouts = connect.extensions.get("timeout")
+            if isinstance(timeouts, dict):
+                read = timeouts.get("read")
+                saved[:] = [timeouts, read]
+                timeouts["read"] = seconds if read is None else min(read, seconds)
+    elif saved and event.endswith(".complete"):
+        timeouts, read = saved
+        timeouts["read"] = read
+        saved.clear()
+
+
 @contextlib.contextmanager
 def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
     """Turns httpx transport failures into `ProviderError`, for async and sync clients alike.
 
     Timeouts, network errors, connections the server dropped and bodies that do not decode
     (a proxy's broken gzip) are retryable; other transport failures (a URL scheme httpx
-    cannot speak, a header it refuses) are not, as another attempt fails the same way. The
-    httpx error is the cause, redacted by `redactor` (or not chained at all when redacting
-    cannot hide the key).
+    cannot speak, a header it refuses, a server certificate that does not verify) are not,
+    as another attempt fails the same way. The httpx error is the cause, redacted by
+    `redactor` (or not chained at all when redacting cannot hide the key).
 
     Args:
         name: Names the service in messages, e.g. "OpenAI".
@@ -1500,7 +1581,7 @@ def transport_errors(name: str, redactor: Redactor) -> Iterator[None]:
     except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
         error = ProviderError(
             redactor.redact(f"{name} connection failed: {_described(exc)}"),
-            retryable=True,
+            retryable=not _certificate_refused(exc),
         )
         raise error from redactor.cause(exc)
     except httpx.DecodingError as exc:
@@ -1658,6 +1739,7 @@ class HttpTransport:
         self.name = name
         self.base_url, self._headers = move_user_info(name, check_base_url(name, base_url), headers)
         client_headers = {} if http_client is None else http_client.headers
+        _refuse_credential_clash(name, self._headers, client_headers)
         self._redactor = Redactor(
             secret, *credential_secrets(self._headers), *credential_secrets(client_headers)
         )
@@ -1968,10 +2050,13 @@ class HttpTransport:
         started = False  # the request has started on its connection: it may be cancelled
         stop = False  # its caller has left before that: it stops at its next stopping point
         stopped = False  # it did
+        tunnel_read: list[Any] = []  # the read timeout, while a proxy's CONNECT reply is awaited
 
         async def trace(event: str, info: dict[str, Any]) -> None:
             nonlocal started, stopped
             self._traces = True
+            if event.startswith("http11.receive_response_headers."):
+                _bound_tunnel(event, info, tunnel_read, self.connect_timeout)
             if event.endswith(_STOPPING_POINTS):
                 # Its caller left, or the provider was closed as it set out: a connection
                 # opened for it would be one the closed pool no longer knows, left open.
@@ -1996,6 +2081,14 @@ class HttpTransport:
             # drops `authorization` on the way to another host, but not Anthropic's `x-api-key`.
             try:
                 response = await client.send(request, stream=True, follow_redirects=False)
+            except httpx.ReadTimeout as error:
+                if not tunnel_read:
+                    raise
+                raise httpx.ConnectTimeout(
+                    f"the proxy did not answer the CONNECT of its tunnel within "
+                    f"{self.connect_timeout:g} s (connect_timeout)",
+                    request=request,
+                ) from error
             except RuntimeError:
                 if client.is_closed:  # closed as the request set out (httpx's bare error)
                     raise self._closed_in_flight() from None

@@ -1,0 +1,218 @@
+"""A custom checkpoint backend that breaks its protocol gets an error naming what it did wrong.
+
+Written as a user writes one: the six methods of `PersistenceBackend` over a dict, then one
+slip at a time (a `return` forgotten, a generator for a list, sync methods, an `OSError`).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+import llm_agent_runtime as ar
+
+
+class DictBackend:
+    """The protocol's six methods over a dict, and `save_new` (a fenced backend's)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def save(self, key: str, value: bytes) -> None:
+        self.data[key] = bytes(value)
+
+    async def load(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    async def delete(self, key: str) -> bool:
+        return self.data.pop(key, None) is not None
+
+    async def batch_save(self, items: Mapping[str, bytes]) -> None:
+        self.data.update({k: bytes(v) for k, v in items.items()})
+
+    async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return {k: self.data[k] for k in keys if k in self.data}
+
+    async def list_keys(self, prefix: str = "") -> Any:
+        return sorted(k for k in self.data if k.startswith(prefix))
+
+    async def save_new(self, key: str, value: bytes) -> Any:
+        if key in self.data:
+            return False
+        self.data[key] = bytes(value)
+        return True
+
+
+async def answer(prompt: str) -> str:
+    return "Final Answer: 42"
+
+
+async def run_once(backend: Any, session_id: str = "s1") -> ar.AgentSession:
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    return await runtime.run_agent(
+        "a", "hi", answer, session=runtime.create_session("a", session_id)
+    )
+
+
+class ForgetsReturn(DictBackend):
+    async def save_new(self, key: str, value: bytes) -> Any:
+        if key in self.data:
+            return False
+        self.data[key] = bytes(value)  # and no `return True`
+
+
+async def test_a_save_new_returning_none_is_named_not_taken_for_another_worker() -> None:
+    # It was read as False: "session 's1' was just taken by another run", which none was.
+    with pytest.raises(ar.PersistenceError, match=r"save_new returned None, not a bool"):
+        await run_once(ForgetsReturn())
+
+
+class ScriptFlags(DictBackend):
+    """A key-value server's script answers 1 and 0, not True and False."""
+
+    async def save_new(self, key: str, value: bytes) -> Any:
+        return int(await super().save_new(key, value))
+
+
+async def test_a_save_new_returning_one_or_zero_is_taken() -> None:
+    backend = ScriptFlags()
+    session = await run_once(backend)
+    assert session.final_answer == "42"
+    with pytest.raises(ar.PersistenceError, match=r"already has checkpoints|just taken"):
+        await run_once(backend)
+
+
+class ListsWithGenerator(DictBackend):
+    async def list_keys(self, prefix: str = "") -> Iterator[str]:
+        return (k for k in sorted(self.data) if k.startswith(prefix))
+
+
+async def test_list_keys_as_a_generator_still_lets_sweep_delete() -> None:
+    # `sweep` went over the keys twice: the generator, used up by the first pass, gave none
+    # to the second, and nothing was deleted (in silence).
+    backend = ListsWithGenerator()
+    await run_once(backend)
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    assert await runtime.sweep(0.0) == ["s1"]
+    assert backend.data == {}
+
+
+@pytest.mark.parametrize(
+    ("listed", "named"),
+    [("session:s1", "a str"), (None, "None"), ([b"session:s1"], "a key that is a bytes")],
+)
+async def test_list_keys_returning_no_list_of_strs_is_named(listed: Any, named: str) -> None:
+    class Lists(DictBackend):
+        async def list_keys(self, prefix: str = "") -> Any:
+            return listed
+
+    backend = Lists()
+    backend.data["session:s1"] = b"x"
+    with pytest.raises(ar.PersistenceError, match=f"list_keys returned {named}"):
+        await ar.AgentRuntime(checkpoint_backend=backend).sweep(0.0)
+
+
+class FailsToRead(DictBackend):
+    """Its reads fail as a disk does, once a run was saved."""
+
+    failing = False
+
+    async def load(self, key: str) -> bytes | None:
+        if self.failing:
+            raise OSError(errno.EIO, "Input/output error")
+        return await super().load(key)
+
+    async def list_keys(self, prefix: str = "") -> Any:
+        if self.failing:
+            raise OSError(errno.EIO, "Input/output error")
+        return await super().list_keys(prefix)
+
+
+async def test_a_backend_error_on_each_read_path_is_a_persistence_error() -> None:
+    backend = FailsToRead()
+    await run_once(backend)
+    backend.failing = True
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    reads: dict[str, Any] = {
+        "resume": lambda: runtime.resume("s1", answer),
+        "session_events": lambda: runtime.session_events("s1"),
+        "fork": lambda: runtime.fork("s1", 0),
+        "prune": lambda: runtime.prune("s1", 0),
+        "sweep": lambda: runtime.sweep(0.0),
+        "load_checkpoint": lambda: ar.AgentSession.load_checkpoint(backend, "s1"),
+    }
+    for name, read in reads.items():
+        with pytest.raises(ar.PersistenceError, match=r"failed: OSError: .*Input/output") as info:
+            await read()
+        assert isinstance(info.value.__cause__, OSError), name
+
+
+class Synchronous:
+    """Every method a plain `def`: what the protocol's `async def`s look like, forgotten."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def save(self, key: str, value: bytes) -> None:
+        self.data[key] = bytes(value)
+
+    def load(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def delete(self, key: str) -> bool:
+        return self.data.pop(key, None) is not None
+
+    def batch_save(self, items: Mapping[str, bytes]) -> None:
+        self.data.update(items)
+
+    def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return {k: self.data[k] for k in keys if k in self.data}
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.data if k.startswith(prefix))
+
+
+async def test_synchronous_backend_methods_are_named_on_every_path() -> None:
+    backend = Synchronous()
+    backend.data["session:s1:meta"] = b"x"
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)  # type: ignore[arg-type]
+    must_be_async = r"must be async \(async def \w+\(\.\.\.\)\): Synchronous\.\w+ is synchronous"
+    with pytest.raises(ar.PersistenceError, match=must_be_async):
+        await runtime.run_agent("a", "hi", answer)
+    for read in (
+        lambda: runtime.resume("s1", answer),
+        lambda: runtime.session_events("s1"),
+        lambda: runtime.sweep(0.0),
+        lambda: ar.AgentSession.load_checkpoint(backend, "s1"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ar.PersistenceError, match=must_be_async):
+            await read()
+
+
+async def test_a_sync_method_returning_an_awaitable_is_awaited() -> None:
+    # Not every method returning an awaitable is an `async def`: a partial, a wrapper.
+    class Wrapped(DictBackend):
+        def load(self, key: str) -> Any:  # type: ignore[override]
+            return DictBackend.load(self, key)
+
+    backend = Wrapped()
+    await run_once(backend)
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s1")
+    assert loaded.final_answer == "42"
+
+
+async def test_a_load_of_another_type_than_batch_load_is_named() -> None:
+    # Compared with `batch_load`'s bytes, `load`'s text never matched: "the session changed
+    # at each of 5 reads", a race there was not.
+    class LoadsText(DictBackend):
+        async def load(self, key: str) -> Any:
+            raw = await super().load(key)
+            return None if raw is None else raw.decode("latin-1")
+
+    backend = LoadsText()
+    await run_once(backend)
+    with pytest.raises(ar.PersistenceError, match="loaded a str for a record, not bytes"):
+        await ar.AgentRuntime(checkpoint_backend=backend).resume("s1", answer)
