@@ -372,6 +372,49 @@ def test_llm_spans_name_the_providers_model_and_a_failed_calls_billed_tokens() -
     assert _run(LLM_MODELS) == [str([asked]), str(billed)] * 2 + ["run spans with tokens: []"]
 
 
+STREAMED_REACT = SETUP + textwrap.dedent(
+    """
+    from llm_agent_runtime.providers.base import ChatResponse, StreamEnd, TextDelta, Usage
+
+    class Streams:
+        model = "qwen3"
+
+        async def chat(self, messages, tools=None, model=None, **params):
+            raise AssertionError("a listened run streams")
+
+        async def chat_stream(self, messages, tools=None, model=None, **params):
+            text = "Thought: t\\nAction: FINAL_ANSWER 3"
+            for start in range(0, len(text), 8):
+                yield TextDelta(text[start : start + 8])
+            usage = Usage(1234, 56)
+            yield StreamEnd(ChatResponse(text=text, usage=usage, model="qwen3-8b"))
+
+    runtime = ar.AgentRuntime(ar.AgentConfig())
+    deltas = []
+    runtime.events.on(lambda e: deltas.append(e) if isinstance(e, ar.LlmTextDelta) else None)
+    asyncio.run(runtime.run_agent_with_provider("a", "q", Streams()))
+    print("deltas:", len(deltas))
+    for span in exporter.get_finished_spans():
+        if span.name == "agent.llm":
+            print(sorted(dict(span.attributes or {}).items()))
+    """
+)
+
+
+def test_a_streamed_react_call_names_its_model_and_tokens_on_its_span() -> None:
+    assert _run(STREAMED_REACT) == [
+        "deltas: 5",
+        str(
+            [
+                ("gen_ai.request.model", "qwen3"),
+                ("gen_ai.response.model", "qwen3-8b"),
+                ("gen_ai.usage.input_tokens", 1234),
+                ("gen_ai.usage.output_tokens", 56),
+            ]
+        ),
+    ]
+
+
 UNREADABLE = SETUP + textwrap.dedent(
     """
     from llm_agent_runtime.providers.base import ChatResponse, ToolCall, Usage

@@ -73,8 +73,13 @@ class LlmTextDelta(NamedTuple):
 
     Every mode emits them (ReAct text models too), so their texts joined are the reply as
     the model wrote it, before any `on_post_llm` rewrite (`LlmResponse` holds the rewritten
-    text). Only while a callback or a subscriber listens (`EventBus.listening`): the event
-    log of a checkpoint backend does not keep them (`LlmResponse` holds the whole text).
+    text), and ending where a stop sequence cuts it. Only while a callback or a subscriber
+    listens (`EventBus.listening`): the event log of a checkpoint backend does not keep them
+    (`LlmResponse` holds the whole text). A provider's reply is streamed, in either mode,
+    when the provider can stream (`chat_stream`, and no `streams_text = False`); a model
+    that cannot (a plain `infer`, a provider with `chat` or `complete` alone,
+    `ScriptedProvider`) gives its whole reply as one delta, once it has come. A reply a
+    resumed run takes from its journal is not sent again.
     """
 
     session_id: str

@@ -130,6 +130,12 @@ _RESUME_CLAIM_LEFT = (
 T = TypeVar("T")
 InferFn = Callable[[str], Awaitable[str]]
 """An async model call: prompt text in, reply text out."""
+_TextStream = Callable[
+    [str, AgentSession, float | None, "CostBudget | None"],
+    Awaitable["tuple[_ProviderReply, _Streamed]"],
+]
+"""A ReAct text model's call through `chat_stream` (see `AgentRuntime._text_model`): the
+prompt, and the run's session, deadline and budget, in; the reply and its stream out."""
 ToolRun = tuple[Observation, float, str, Any]
 """A tool call's observation, the tool's time in ms, and the name and arguments that ran."""
 
@@ -751,6 +757,10 @@ class AgentRuntime(Unshared):
         method; for the ReAct mode, `CompletionProvider`'s `complete` is enough).
 
         A text model is asked through `chat` (or `complete`, for a provider without `chat`).
+        While the run's events are listened to (`EventBus.listening`), a provider that can
+        stream (a `chat_stream` method, and no `streams_text = False`) is asked through
+        `chat_stream` instead, in either mode: its text reaches `LlmTextDelta` listeners as
+        it arrives (a reply that is not streamed is one delta).
         A reply that stopped before it was complete (stop reason `length`, `max_tokens`,
         `model_context_window_exceeded` or `content_filter`) is never taken as a final
         answer or a tool's input: unless the step in it ended before the cut (a ReAct reply
@@ -779,7 +789,8 @@ class AgentRuntime(Unshared):
         if self._config.mode == "tools":
             chat = cast("ChatProvider", provider)  # it has `chat`: checked just above
             return await self._run(agent_id, prompt, None, chat, session)
-        return await self._run(agent_id, prompt, self._text_model(provider), None, session)
+        infer, stream = self._text_model(provider)
+        return await self._run(agent_id, prompt, infer, None, session, stream=stream)
 
     @property
     def memory(self) -> Any:
@@ -997,8 +1008,10 @@ class AgentRuntime(Unshared):
                 chat = cast("ChatProvider", provider)  # it has `chat`: checked just above
                 await self._run(agent_id, message, None, chat, session, history, None, answer)
             else:
-                infer = self._text_model(provider)
-                await self._run(agent_id, message, infer, None, session, history, None, answer)
+                infer, stream = self._text_model(provider)
+                await self._run(
+                    agent_id, message, infer, None, session, history, None, answer, stream=stream
+                )
         return answer[0]
 
     def _check_provider(self, provider: Any) -> None:
@@ -1032,7 +1045,9 @@ class AgentRuntime(Unshared):
             params.update(config.model_params)
         return params
 
-    def _text_model(self, provider: ChatProvider | CompletionProvider) -> InferFn:
+    def _text_model(
+        self, provider: ChatProvider | CompletionProvider
+    ) -> tuple[InferFn, _TextStream | None]:
         """The provider as a ReAct text model: one user prompt in, the reply's text out.
 
         Asked through a one-message `chat` when the provider has one: it carries the stop
@@ -1040,6 +1055,10 @@ class AgentRuntime(Unshared):
         the provider's stop reason (which tells a reply that was cut off) and token usage
         (which the run charges instead of an estimate). A provider with `complete` alone is
         asked through that (its text alone: its tokens are estimated).
+
+        Returned with the same call through `chat_stream` (see `_chat_stream`), which the
+        loop makes instead while the run's events are listened to: None for a provider that
+        does not stream (see `_streams_text`) or has no `chat`.
 
         Raises:
             AgentRuntimeError: The provider has no `chat` to take `config.model_params`.
@@ -1052,27 +1071,37 @@ class AgentRuntime(Unshared):
                 )
             # A partial of an async method is seen as async (no adapter frame per step).
             text_model = cast("CompletionProvider", provider)  # no `chat`: it has `complete`
-            return functools.partial(text_model.complete, model=self._config.model)
+            return functools.partial(text_model.complete, model=self._config.model), None
         chat = _async_chat(provider)
         params = self._call_params()
         requested = None if self._config.model else _requested_model(None, provider)
 
         async def infer(text: str) -> str:
             if requested is not None and self._tracer is not None:  # the provider's own model
-                from opentelemetry import trace
-
-                trace.get_current_span().set_attribute("gen_ai.request.model", requested)
+                _name_requested_model(requested)
             response = await chat([Message("user", text)], **params)
             if not isinstance(response, ChatResponse):  # as the tool loop refuses it
                 raise AgentLoopError(
                     f"the provider's chat must return a ChatResponse, got {_kind(response)}"
                 )
-            _check_reply_set_later(response)
-            return _ProviderReply(
-                response.text, response.stop_reason, response.usage, response.model
-            )
+            return _provider_reply(response)
 
-        return infer
+        if not _streams_text(provider):
+            return infer, None
+        chat_provider = cast("ChatProvider", provider)  # it has `chat`: checked above
+
+        async def stream(
+            text: str, session: AgentSession, deadline: float | None, budget: CostBudget | None
+        ) -> tuple[_ProviderReply, _Streamed]:
+            if requested is not None and self._tracer is not None:
+                _name_requested_model(requested)
+            messages = [Message("user", text)]
+            streamed = await self._chat_stream(
+                session, chat_provider, messages, None, params, deadline, budget
+            )
+            return _provider_reply(streamed.response), streamed
+
+        return infer, stream
 
     def trim_history(
         self, messages: list[dict[str, Any]], reserved_chars: int | None = None
@@ -1153,13 +1182,15 @@ class AgentRuntime(Unshared):
         history: list[dict[str, Any]] | None = None,
         resume: SessionState | None = None,
         answer: list[str | None] | None = None,
+        stream: _TextStream | None = None,
     ) -> AgentSession:
         """One run: arguments checked, a slot taken, the session marked running, the deadline.
 
         Everything is checked before anything is taken, and everything taken is given back
         in `finally`, so no failure leaks a slot, an active-session count or a mark.
         `answer`, when given, gets the run's final answer as the run lets go of its session:
-        the callbacks it waits for after that may run the session's next turn.
+        the callbacks it waits for after that may run the session's next turn. `stream`:
+        the streamed form of `infer`, for a provider that streams (see `_text_model`).
         """
         _check_agent_id(agent_id)
         if not isinstance(prompt, str):
@@ -1275,6 +1306,7 @@ class AgentRuntime(Unshared):
                             earlier_ms,
                             deadline,
                             before,
+                            stream,
                         )
                         # A resumed run has a checkpoint store; other runs look no further.
                         store = self._checkpoints
@@ -1378,13 +1410,14 @@ class AgentRuntime(Unshared):
         earlier_ms: float,
         deadline: float | None,
         before: tuple[str, str | None],
+        stream: _TextStream | None,
     ) -> None:
         """What a run does, all under its deadline: hooks, checkpoints, the loop, events.
 
         `history` is None for a run that is not a turn; `earlier_ms` the session's
         `duration_ms` before this run; `deadline` the `perf_counter` time the loop must not
         start a step after (None: no timeout); `before` the session's prompt and final
-        answer before this run.
+        answer before this run; `stream` the streamed form of `infer` (see `_text_model`).
         """
         events = self.events
         # The run's id: its meta record names it, and so does its final checkpoint (a
@@ -1458,7 +1491,9 @@ class AgentRuntime(Unshared):
                 await self._tool_loop(session, context, prompt, provider, history, resume, deadline)
             else:
                 infer = _need(infer)
-                await self._react_loop(session, context, prompt, infer, history, resume, deadline)
+                await self._react_loop(
+                    session, context, prompt, infer, history, resume, deadline, stream
+                )
             if history is not None and session.final_answer is None:  # a turn with no answer
                 _add_turn(session, prompt, "")
             session.duration_ms = duration = earlier_ms + (time.perf_counter() - started) * 1000.0
@@ -1667,6 +1702,7 @@ class AgentRuntime(Unshared):
         history: list[dict[str, Any]] | None,
         resume: SessionState | None = None,
         deadline: float | None = None,
+        stream: _TextStream | None = None,
     ) -> None:
         config = self._config
         head = [context]
@@ -1732,6 +1768,7 @@ class AgentRuntime(Unshared):
             replayed = bool(journal)
             incomplete = None  # the stop reason of a reply that stopped before it was complete
             usage = None  # the provider's token counts, when it reported them
+            streamed: _Streamed | None = None  # the reply's call, when it was streamed
             try:
                 if replayed:  # the reply of an interrupted step, handled (hooks, charge) back then
                     entry = journal[0]
@@ -1759,10 +1796,18 @@ class AgentRuntime(Unshared):
                         budget.check()
                     model_start = perf()
                     try:
+                        # Streamed only while someone listens (the event log keeps no delta).
                         if self._tracer is not None:
                             with _traced(self._tracer, "agent.llm", llm_attributes) as span:
-                                reply = await infer(text_prompt)
+                                if stream is not None and events.listening:
+                                    reply, streamed = await stream(
+                                        text_prompt, session, deadline, budget
+                                    )
+                                else:
+                                    reply = await infer(text_prompt)
                                 _describe_llm_call(span, reply)
+                        elif stream is not None and events.listening:
+                            reply, streamed = await stream(text_prompt, session, deadline, budget)
                         else:
                             reply = await infer(text_prompt)
                     except ProviderError as error:
@@ -1797,7 +1842,9 @@ class AgentRuntime(Unshared):
                     metrics.record_tokens(input_tokens, output_tokens)
                     if budget is not None:
                         _charge_budget(budget, input_tokens, output_tokens, cost_usd)
-                    if events.listening and reply:  # a text model's reply is whole: one delta
+                    if streamed is not None:  # paid for above, whatever a listener did
+                        streamed.finish(session.session_id, events)
+                    elif events.listening and reply:  # a reply not streamed is whole: one delta
                         events.emit_new(LlmTextDelta, (session.session_id, reply))
                     for hook in post_hooks:
                         reply = await _rewrite(hook(session, reply), reply, "on_post_llm")
@@ -1989,11 +2036,7 @@ class AgentRuntime(Unshared):
         post_hooks = self._hooks["on_post_llm"]
         events = self.events
         chat = _async_chat(provider)
-        # A provider whose text exists whole, or that cannot stream (it has `chat` alone), is
-        # never streamed; its text is one delta event.
-        streams_text = getattr(provider, "streams_text", True) and callable(
-            getattr(provider, "chat_stream", None)
-        )
+        streams_text = _streams_text(provider)
         budget = self.budget
         stops = self._stops
         params = self._call_params()
@@ -2335,7 +2378,7 @@ class AgentRuntime(Unshared):
             AgentRuntimeError: The provider's `chat_stream` returned no async iterator.
         """
         stops = self._stops
-        # Called only for a provider with a `chat_stream` (see `streams_text`).
+        # Called only for a provider with a `chat_stream` (see `_streams_text`).
         stream = cast("LlmProvider", provider).chat_stream(messages, tools=tool_defs, **params)
         if not (hasattr(stream, "__aiter__") and hasattr(stream, "__anext__")):
             if inspect.iscoroutine(stream):
@@ -3933,8 +3976,10 @@ class AgentRuntime(Unshared):
             chat = cast("ChatProvider", model)  # it has `chat`: checked just above
             return await self._run(agent_id, prompt, None, chat, session, history, state)
         self._check_provider(model)
-        infer = self._text_model(model)
-        return await self._run(agent_id, prompt, infer, None, session, history, state)
+        infer, stream = self._text_model(model)
+        return await self._run(
+            agent_id, prompt, infer, None, session, history, state, stream=stream
+        )
 
     async def settle_call(
         self,
@@ -5268,6 +5313,27 @@ def _awaiting(fn: Callable[..., Any], synchronous: str) -> Callable[..., Awaitab
     return awaited
 
 
+def _streams_text(provider: object) -> bool:
+    """Whether a provider's text is streamed while a run's events are listened to.
+
+    Not a provider that cannot stream (no `chat_stream`), nor one whose text exists whole
+    (`streams_text = False`, as `ScriptedProvider`'s): its text is one delta event.
+    """
+    return bool(getattr(provider, "streams_text", True)) and callable(
+        getattr(provider, "chat_stream", None)
+    )
+
+
+def _provider_reply(response: ChatResponse) -> _ProviderReply:
+    """A provider's response to a ReAct text prompt, as the loop reads it.
+
+    Raises:
+        AgentLoopError: As `_check_reply_set_later`.
+    """
+    _check_reply_set_later(response)
+    return _ProviderReply(response.text, response.stop_reason, response.usage, response.model)
+
+
 def _check_reply_set_later(response: ChatResponse) -> None:
     """Checks the fields of a reply a provider may have set after building it.
 
@@ -5402,6 +5468,16 @@ def _requested_model(model: str | None, provider: object) -> str | None:
         return model
     own = getattr(provider, "model", None)
     return own if isinstance(own, str) and own else None
+
+
+def _name_requested_model(model: str) -> None:
+    """Names the model a ReAct call asks for on its `agent.llm` span, which is current.
+
+    For a provider's own model: the span starts with the run's (`_llm_attributes`).
+    """
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attribute("gen_ai.request.model", model)
 
 
 def _describe_llm_call(span: Any, reply: object) -> None:

@@ -657,7 +657,9 @@ class ChatProvider(Protocol):
     """The least a provider needs for `AgentRuntime.run_agent_with_provider` in every mode.
 
     A `chat` method (`LlmProvider.chat`); a `chat_stream` one, when it has it, streams the
-    text of a run whose events are listened to.
+    text of a run whose events are listened to, in either mode (`AgentConfig.mode`), unless
+    the provider's `streams_text` attribute is false (its replies exist whole, as
+    `ScriptedProvider`'s: `chat` is asked, and each reply is one `LlmTextDelta`).
     """
 
     async def chat(
