@@ -113,13 +113,14 @@ class ReferenceLimiter:
     A setting changed applies from then on: each bucket is first brought up to now under the
     old settings (and capped at a lowered capacity); waiters keep their dues, and a waiter
     that leaves moves those behind it up by what its tokens took at the rate each reserved
-    at. One that reserved before the rate changed gives back only what the bucket still owes
-    (it may have refilled, and dropped, its tokens at the new rate).
+    at. One that reserved before the rate changed gives back only the part of its tokens the
+    bucket still owes (it may have refilled, and dropped, them at the new rate).
     """
 
     def __init__(self, rate: float, capacity: float) -> None:
         self.rate, self.capacity = rate, capacity
         self.rate_changes = 0
+        self.rates_set = [rate]  # by rate change
         self.buckets: dict[str, tuple[float, float]] = {}
         # key -> name -> (tokens, due, the rate and the rate changes when it reserved them)
         self.waiting: dict[str, dict[str, tuple[float, float, float, int]]] = {}
@@ -166,13 +167,18 @@ class ReferenceLimiter:
         level, last = self.buckets[key]
         if changes == self.rate_changes:
             self.buckets[key] = (min(level + tokens, self.capacity), last)
-        else:
+        else:  # the part of its tokens still owed: the debt, less the tokens behind it
             level = self.tokens(key, now)
-            tokens = min(tokens, max(0.0, -level))
+            behind = sum(queue[other][0] for other in names[names.index(name) + 1 :])
+            tokens = min(tokens, max(0.0, -level - behind))
             self.buckets[key] = (level + tokens, now)
+        # Moved up at their rates, or, past a rate change, at the fastest set since it
+        # reserved (none is served before the bucket could pay it).
+        fastest = max(self.rates_set[changes:])
         for other in names[names.index(name) + 1 :]:
             other_tokens, other_due, rate, other_changes = queue[other]
-            queue[other] = (other_tokens, other_due - tokens / rate, rate, other_changes)
+            moved = tokens / (rate if changes == self.rate_changes else fastest)
+            queue[other] = (other_tokens, other_due - moved, rate, other_changes)
 
     def settle(self, now: float, capacity: float) -> None:
         self.buckets = {k: (min(self.tokens(k, now), capacity), now) for k in self.buckets}
@@ -272,7 +278,9 @@ def test_the_limiter_is_a_plain_token_bucket_per_key(ops: list[tuple[str, Any, f
             elif kind == "rate":
                 limiter.rate = value
                 reference.settle(now, math.inf)
-                reference.rate_changes += value != reference.rate
+                if value != reference.rate:
+                    reference.rate_changes += 1
+                    reference.rates_set.append(value)
                 reference.rate = value
             else:
                 limiter.capacity = value

@@ -589,3 +589,27 @@ async def test_a_waiter_cancelled_after_a_rate_change_moves_the_next_up_at_the_n
     await c
     assert served == {"c": pytest.approx(0.1)}
     assert limiter.tokens("k") == pytest.approx(0.0)
+
+
+async def test_a_waiter_cancelled_after_a_rate_raise_gives_back_none_of_a_newcomers_debt() -> None:
+    # The bucket's debt was a newcomer's, its own tokens refilled and dropped at capacity
+    # since: taken for its own, it was given back, and 15 tokens went out in 0.1 s from a
+    # bucket of 10.
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=1.0, capacity=10.0, clock=clock)
+    assert limiter.try_acquire("k", 10)
+    early = asyncio.ensure_future(limiter.acquire("k", 5))  # due at t=5
+    await asyncio.sleep(0)
+    limiter.rate = 10.0
+    clock.advance(1.5)
+    assert limiter.try_acquire("k", 10)
+    late = asyncio.ensure_future(limiter.acquire("k", 5))  # due at t=2
+    await asyncio.sleep(0)
+    clock.advance(0.1)
+    early.cancel()
+    await asyncio.gather(early, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert not late.done()
+    clock.advance(0.4)
+    await late
+    assert clock.now() == pytest.approx(2.0)

@@ -330,3 +330,41 @@ async def test_a_cancelled_react_run_closes_its_stream() -> None:
         await task
     assert provider.closed == 1
     assert runtime.metrics.snapshot().active_sessions == 0
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_reply_whole_past_the_deadline_is_taken_and_charged(mode: str) -> None:
+    # Its StreamEnd, past the deadline, raised the timeout: the reply the model gave (and
+    # billed) was dropped, uncharged, where the same reply from `chat` ended the run.
+    usage = Usage(input_tokens=1000, output_tokens=500)
+    reply = ChatResponse(text=FINAL if mode == "react" else "42", usage=usage)
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode, loop_timeout_ms=200))
+
+    def slow_listener(event: ar.Event) -> None:
+        if isinstance(event, ar.LlmTextDelta) and event.text.endswith("2"):
+            time.sleep(0.3)  # a listener on the last delta, past the deadline
+
+    runtime.events.on(slow_listener)
+    session = await runtime.run_agent_with_provider("a", "q", Pieces(reply, size=40))
+    assert session.final_answer == "42"
+    totals = runtime.metrics.snapshot()
+    assert (totals.input_tokens, totals.output_tokens) == (1000, 500)
+
+
+@pytest.mark.parametrize("mode", ["react", "tools"])
+async def test_a_stream_with_its_text_in_its_stream_end_alone_sends_it_as_one_delta(
+    mode: str,
+) -> None:
+    class EndOnly(Pieces):
+        async def chat_stream(
+            self, messages: Any, tools: Any = None, **params: Any
+        ) -> AsyncIterator[Any]:
+            self.calls.append(("chat_stream", params))
+            yield StreamEnd(self.replies.pop(0))
+
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode, stop_sequences=["STOP"]))
+    seen = listened(runtime)
+    text = (FINAL if mode == "react" else "42") + "STOP and more"
+    session = await runtime.run_agent_with_provider("a", "q", EndOnly(text))
+    assert session.final_answer == "42"
+    assert deltas(seen) == [text.partition("STOP")[0]]

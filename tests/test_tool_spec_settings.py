@@ -120,3 +120,16 @@ def test_a_handler_set_later_is_checked_as_given() -> None:
     with pytest.raises(ar.ToolError, match=r"must take the call's arguments as one dict"):
         spec.handler = _add
     assert spec.handler is _handler
+
+
+def test_a_handler_wrapping_a_function_of_named_parameters_is_taken() -> None:
+    # `inspect.signature` follows `__wrapped__`: the wrapper looked like `add(a, b)`, refused.
+    def handler_of(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def handler(arguments: dict[str, Any]) -> Any:
+            return fn(**arguments)
+
+        return handler
+
+    spec = ar.ToolSpec("add", "d", handler_of(_add))
+    assert spec.handler({"a": 1, "b": 2}) == 3

@@ -123,8 +123,8 @@ logger = logging.getLogger("llm_agent_runtime")
 # What a claim a failed run could not delete refuses (for its warning), by the run's kind.
 _RUN_CLAIM_LEFT = "later runs of the session are refused until it is resumed"
 _RESUME_CLAIM_LEFT = (
-    "resumes of the session by other processes are refused until release_resume or its "
-    "lease passes; the next resume in this process takes it over"
+    "resumes of the session by other processes are refused until release_resume (or, under "
+    "a lease, until it passes); the next resume in this process takes it over"
 )
 
 T = TypeVar("T")
@@ -2394,14 +2394,22 @@ class AgentRuntime(Unshared):
         response: Any = _NO_STREAM_END
         pending = ""
         stopped = False
+        texted = False  # a delta brought text (else the reply's text is sent whole at its end)
         listener_error: Exception | None = None
         try:
             async for event in stream:
-                if deadline is not None and time.perf_counter() >= deadline:
+                # The reply whole, past the deadline, is taken (as a reply not streamed is):
+                # the model gave it, and it is charged.
+                if (
+                    deadline is not None
+                    and time.perf_counter() >= deadline
+                    and not isinstance(event, StreamEnd)
+                ):
                     raise _DeadlinePassed
                 if isinstance(event, TextDelta):
                     if type(event.text) is not str:
                         raise _not_text(event.text)
+                    texted = texted or bool(event.text)
                     if stopped or listener_error is not None:
                         continue
                     pending += event.text
@@ -2455,6 +2463,8 @@ class AgentRuntime(Unshared):
             raise AgentLoopError(
                 f"the provider's StreamEnd must hold a ChatResponse, got {_kind(response)}"
             )
+        if not texted and response.text:  # its text came in the StreamEnd alone
+            pending = cut_at_stop(response.text, stops) if stops else response.text
         return _Streamed(response, pending, listener_error)
 
     def _keep_failed_round(
@@ -4494,7 +4504,9 @@ class _Streamed:
     """A streamed model call: its response, and what is left for after it is charged.
 
     `unsent`: the text held back at the stream's end (the tail that might have begun a stop
-    sequence); `listener_error`: what a listener raised on a delta (no delta went out after).
+    sequence), or the reply's whole text when no delta brought any (a provider that sends it
+    in its `StreamEnd` alone); `listener_error`: what a listener raised on a delta (no delta
+    went out after).
     """
 
     __slots__ = ("listener_error", "response", "unsent")

@@ -457,7 +457,8 @@ def _check_takes_arguments(name: str, handler: Any) -> None:
     code, not a failure of the tool: refused here, not told to the model at each call.
     """
     try:
-        signature = inspect.signature(handler)
+        # Its own: a wrapper made with `functools.wraps` shows the function it wraps.
+        signature = inspect.signature(handler, follow_wrapped=False)
     except (TypeError, ValueError):  # a builtin without one: it cannot be told
         return
     try:

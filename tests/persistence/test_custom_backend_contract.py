@@ -64,10 +64,46 @@ class ForgetsReturn(DictBackend):
         self.data[key] = bytes(value)  # and no `return True`
 
 
-async def test_a_save_new_returning_none_is_named_not_taken_for_another_worker() -> None:
-    # It was read as False: "session 's1' was just taken by another run", which none was.
-    with pytest.raises(ar.PersistenceError, match=r"save_new returned None, not a bool"):
-        await run_once(ForgetsReturn())
+class SetNx(DictBackend):
+    """As redis-py's `set(key, value, nx=True)`: True when it wrote, None when it did not."""
+
+    async def save_new(self, key: str, value: bytes) -> Any:
+        return True if await super().save_new(key, value) else None
+
+
+class AnswersOk(DictBackend):
+    async def save_new(self, key: str, value: bytes) -> Any:
+        await super().save_new(key, value)
+        return "OK"
+
+
+async def test_a_save_new_returning_none_is_told_by_what_is_stored() -> None:
+    # None was read as False: "session 's1' was just taken by another run", which none was;
+    # then refused as no bool, which broke a backend on redis-py's NX answer under contention.
+    for backend in (ForgetsReturn(), SetNx()):
+        session = await run_once(backend)
+        assert session.final_answer == "42"
+        with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+            await run_once(backend)
+    with pytest.raises(ar.PersistenceError, match=r"save_new returned a str, not a bool"):
+        await run_once(AnswersOk())
+
+
+async def test_a_resume_claim_taken_meanwhile_is_refused_on_a_set_nx_backend() -> None:
+    backend = SetNx()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+
+    async def down(prompt: str) -> str:
+        raise ConnectionError("model down")
+
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "hi", down, session=runtime.create_session("a", "s1"))
+    holder = ar.persistence.checkpoints.CheckpointStore(backend)
+    await holder.claim_resumed(await holder.load("s1"))  # a resume under way here
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await runtime.resume("s1", answer)
+    await holder.release("s1")
+    assert (await runtime.resume("s1", answer)).final_answer == "42"
 
 
 class ScriptFlags(DictBackend):
@@ -216,3 +252,28 @@ async def test_a_load_of_another_type_than_batch_load_is_named() -> None:
     await run_once(backend)
     with pytest.raises(ar.PersistenceError, match="loaded a str for a record, not bytes"):
         await ar.AgentRuntime(checkpoint_backend=backend).resume("s1", answer)
+
+
+class Key(str):
+    """A key type of the backend's own, a str all the same."""
+
+
+async def test_keys_of_a_str_subclass_are_keys() -> None:
+    class Listed(DictBackend):
+        async def list_keys(self, prefix: str = "") -> Any:
+            return [Key(k) for k in await super().list_keys(prefix)]
+
+    backend = Listed()
+    await run_once(backend)
+    assert await ar.AgentRuntime(checkpoint_backend=backend).sweep(0.0) == ["s1"]
+
+
+async def test_a_list_keys_that_yields_is_named_as_such() -> None:
+    class Yields(DictBackend):
+        async def list_keys(self, prefix: str = "") -> Any:  # type: ignore[override]
+            for key in sorted(self.data):
+                yield key
+
+    backend = Yields()
+    with pytest.raises(ar.PersistenceError, match=r"list_keys must return .* async generator"):
+        await ar.AgentRuntime(checkpoint_backend=backend).sweep(0.0)

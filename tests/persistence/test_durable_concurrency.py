@@ -1250,3 +1250,14 @@ async def test_a_refused_run_logs_its_failure_once(caplog: pytest.LogCaptureFixt
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and warnings[0].startswith("agent run u failed: PersistenceError")
     assert runtime.metrics.snapshot().checkpoint_errors == 0
+
+
+async def test_an_id_whose_sweep_deleted_the_steps_first_says_what_it_has() -> None:
+    # "already has checkpoints (0 steps saved, the session has 0)" read as a contradiction.
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    await runtime.run_agent("a", "old", script(FINAL), session=runtime.create_session("a", "u"))
+    for key in await backend.list_keys("session:u:"):  # a sweep deletes the steps first
+        await backend.delete(key)
+    with pytest.raises(ar.PersistenceError, match=r"\(a final checkpoint saved, the session has 0"):
+        await runtime.run_agent("a", "new", script(FINAL), session=runtime.create_session("a", "u"))

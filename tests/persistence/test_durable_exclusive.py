@@ -562,3 +562,18 @@ async def test_a_resume_claim_of_a_process_whose_pid_was_reused_is_taken_over(
     await resume_left(backend, host=host, pid=running_pid, started=started)
     with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
         await ar.AgentRuntime(checkpoint_backend=backend).resume("x", script(FINAL))
+
+
+async def test_a_claim_of_this_process_stays_its_own_when_start_times_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With no file descriptor left, this process's start time read as None: its own live
+    # claim looked like a reused pid's, and a second resume ran beside the first.
+    backend = ar.InMemoryBackend()
+    await interrupted(backend)
+    holder = CheckpointStore(backend)
+    await holder.claim_resumed(await holder.load("x"))
+    monkeypatch.setattr(checkpoints, "_process_start", lambda pid: None)
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
+        await runtime.resume("x", script(FINAL))

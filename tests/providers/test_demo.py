@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import fcntl
 import os
 import signal
@@ -150,8 +151,9 @@ def test_the_demo_prints_each_step_as_it_is_taken(tmp_path: Path) -> None:
         server.script(
             Turn(text=REPLIES[0]),
             Turn(text=REPLIES[1]),
-            lambda request: Reply(
-                frames=None, body=render_openai(slow, False).body, first_byte_delay=3.0
+            # As it was asked (the demo listens to the run's events: its calls stream).
+            lambda request: dataclasses.replace(
+                render_openai(slow, request.streamed), first_byte_delay=3.0
             ),
         )
         running = start_demo(model_env("openai", server.url), tmp_path / "d.db")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import ssl
 import threading
 import warnings
@@ -630,3 +631,28 @@ def test_the_tunnel_bound_is_lifted_once_the_connect_reply_came() -> None:
     # The request's own reply waits under the read timeout, as ever.
     _http._bound_tunnel(event + "started", {"request": post}, saved, 5.0)
     assert timeouts["read"] == 600.0 and saved == []
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"https_proxy": "http://user:hunter2/Xb7pL@proxy.corp:3128"},
+        # httpx takes the lower-case one: the upper-case one holds no password to hide.
+        {"HTTPS_PROXY": "http://proxy.corp:3128", "https_proxy": "http://u:hunter2/X@p:3128"},
+        {"Https_Proxy": "http://user:hunter2/Xb7pL@proxy.corp:3128"},
+    ],
+    ids=["lower-case", "both", "mixed-case"],
+)
+async def test_a_proxy_password_is_hidden_whatever_the_case_of_its_setting(
+    environment: dict[str, str], server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    async with make_provider("openai", server) as llm:
+        with pytest.raises(ProviderError, match="Invalid port") as caught:
+            await llm.chat(USER)
+    assert "HTTPS_PROXY" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import math
 from collections.abc import Hashable
@@ -38,11 +39,12 @@ class _Waiter:
     known.
     """
 
-    __slots__ = ("_due", "_line", "_moved", "_until", "_wake", "gains", "seq")
+    __slots__ = ("_due", "_line", "_moved", "_until", "_wake", "gains", "seq", "tokens")
 
-    def __init__(self, due: float = math.inf, seq: int | None = None) -> None:
+    def __init__(self, due: float = math.inf, seq: int | None = None, tokens: float = 0.0) -> None:
         self._due = due
         self.seq = seq
+        self.tokens = tokens  # reserved (a local bucket's: see `_give_back_across_rates`)
         self.gains: list[Refund] = []
         self._line: _Line | None = None  # its key's, while it waits in the room
         self._moved = 0  # what the line had moved its number up by when `_due` was set
@@ -121,6 +123,11 @@ class _Waiter:
         # sleep is measured from `due`, else it is exactly `seconds`.
         now = clock.now()
         await clock.sleep(seconds if now == since else self.due - now)
+
+
+def _first(rate: tuple[int, float, float]) -> int:
+    """The first reservation number of a rate set (see `RateLimiter._rates`)."""
+    return rate[0]
 
 
 def _wake_up(wake: asyncio.Future[None], _: object) -> None:
@@ -366,9 +373,10 @@ class RateLimiter(CopiedWhole):
         self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._room = _WaitingRoom()  # the callers of `acquire` waiting on each key
         self._count = 0  # numbers reservations and refunds (see `Refund`)
-        # The rate each reservation's time was reckoned at: (first number, rate), one entry a
-        # rate set while callers waited (see `acquire`).
-        self._spans: list[tuple[int, float]] = [(0, self._rate)]
+        # The rates reservations were timed at: (first reservation number, rate, first number
+        # after it) of each rate set, but those a later faster one makes no matter (the rates
+        # fall along the list; the last is the rate in force): see `_give_back_across_rates`.
+        self._rates: list[tuple[int, float, float]] = [(0, self._rate, math.inf)]
         self._sweep_at = _FIRST_SWEEP  # buckets held when refilled ones are next dropped
 
     def _in_use(self) -> str | None:
@@ -391,9 +399,17 @@ class RateLimiter(CopiedWhole):
         rate = _checked_bucket(rate, self._capacity)[0]
         self._settle()  # the time until now refilled at the old rate
         if rate != self._rate:
-            if not any(self._room.waiters.values()):  # no reservation is timed at another
-                self._spans.clear()
-            self._spans.append((self._count + 1, rate))
+            rates, first = self._rates, self._count + 1
+            rates[-1] = (*rates[-1][:2], first)  # the rate in force until now
+            while rates and rates[-1][1] <= rate:
+                rates.pop()
+            rates.append((first, rate, math.inf))
+            # Only the rates of reservations still waiting matter: each key's first is its
+            # oldest.
+            firsts = (next(iter(queue)).seq for queue in self._room.waiters.values() if queue)
+            oldest = min((seq for seq in firsts if seq is not None), default=self._count + 1)
+            while len(rates) > 1 and rates[1][0] <= oldest:
+                del rates[0]
         self._rate = rate
 
     @property
@@ -476,28 +492,39 @@ class RateLimiter(CopiedWhole):
         self._buckets[key] = (level, now)
         return False
 
-    def _give_back_across_rates(self, key: Hashable, seq: int, tokens: float) -> None:
+    def _give_back_across_rates(self, key: Hashable, waiter: _Waiter) -> None:
         """Gives back what a waiter cancelled before it was due, reserved before a rate change.
 
         Refilled at another rate than its time was reckoned at, the bucket may have paid its
-        tokens before it was due, and dropped them at capacity since: only what the bucket
-        still owes goes back (else a newcomer and the waiters behind were granted them
-        twice). The waiters behind are moved up by those tokens at the rate each one's time
-        was reckoned at (`_spans`).
+        tokens before it was due, and dropped them at capacity since: only the part of its
+        tokens the bucket still owes goes back (else a newcomer and the waiters behind were
+        granted them twice). The bucket pays its debt first come, first served, so the part
+        still owed is its debt less the tokens of the waiters behind, up to the waiter's own
+        (a walk of the waiters behind, after a rate change only). The waiters behind are
+        moved up by the tokens given back at the fastest rate any of their times was reckoned
+        at: none is served before the bucket could pay it (one timed at a slower rate may be
+        served a little later than it could).
         """
         now = self._clock.now()
         level = self._refill(key, now)
-        given = min(tokens, max(0.0, -level))
+        queue = iter(self._room.waiters.get(key, ()))
+        for ahead in queue:
+            if ahead is waiter:
+                break
+        behind = sum(other.tokens for other in queue)
+        given = min(waiter.tokens, max(0.0, -level - behind))
         self._buckets[key] = (level + given, now)
-        if given <= 0.0:
+        if given <= 0.0 or waiter.seq is None:
             return
+        # The fastest of the rates from its reservation on (they fall along the list): its
+        # own, or the first set after it that is kept.
+        rates, seq = self._rates, waiter.seq
+        i = max(0, bisect.bisect_right(rates, seq, key=_first) - 1)
+        if rates[i][2] <= seq and i + 1 < len(rates):  # its own was outrun by a faster one
+            i += 1
+        fastest = rates[i][1]
         self._count += 1
-        spans = self._spans
-        for i, (first, rate) in enumerate(spans):
-            after = max(seq, first - 1)  # the numbers after it and before `until`
-            until = spans[i + 1][0] if i + 1 < len(spans) else self._count
-            if after + 1 < until:
-                self._room.owe(key, (after, until, given / rate))
+        self._room.owe(key, (waiter.seq, self._count, given / fastest))
 
     async def acquire(self, key: Hashable = "default", tokens: float = 1.0) -> None:
         """Takes `tokens` from `key`'s bucket, waiting until they have been refilled.
@@ -510,9 +537,9 @@ class RateLimiter(CopiedWhole):
         time). A waiter cancelled once it is due (before it resumed) was served: nothing is
         given back, as the bucket may have dropped the tokens refilled for it at capacity
         since. So may a bucket whose rate changed since the waiter reserved: such a waiter
-        gives back only what the bucket still owes (its debt, up to the waiter's tokens), and
-        each waiter behind is served sooner by that many tokens at the rate its own time was
-        reckoned at.
+        gives back only the part of its tokens the bucket still owes, and the waiters behind
+        are served sooner by that many tokens at the fastest rate their times were reckoned
+        at.
 
         Raises:
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
@@ -533,7 +560,7 @@ class RateLimiter(CopiedWhole):
         refund = tokens / self._rate
         self._count += 1
         seq = self._count
-        waiter = _Waiter(now + wait, seq)
+        waiter = _Waiter(now + wait, seq, tokens)
         self._room.enter(key, waiter)
         try:
             await waiter.wait(self._clock, wait, now)
@@ -547,7 +574,7 @@ class RateLimiter(CopiedWhole):
             # given in this turn of the loop (waiters ahead cancelled at once) does not make it
             # due after the fact, as it never was (the bucket was in debt for it until now).
             if bucket is not None and self._clock.now() < waiter.due:
-                if self._spans[-1][0] <= seq:  # timed at the rate in force
+                if self._rates[-1][0] <= seq:  # timed at the rate in force
                     # Capped: a capacity lowered while it waited caps what it gives back too
                     # (else a bucket with 3 tokens, capacity 2 by then, granted 3 at once).
                     self._buckets[key] = (min(bucket[0] + tokens, self._capacity), bucket[1])
@@ -555,7 +582,7 @@ class RateLimiter(CopiedWhole):
                     self._count += 1
                     self._room.owe(key, (seq, self._count, refund))
                 else:
-                    self._give_back_across_rates(key, seq, tokens)
+                    self._give_back_across_rates(key, waiter)
             raise
         finally:
             self._room.leave(key, waiter)

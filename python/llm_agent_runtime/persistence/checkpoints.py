@@ -695,11 +695,26 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
+_OWN_START: dict[int, int | None] = {}
+"""This process's start time (`_process_start`), read once per pid (a forked child's own)."""
+
+
+def _own_start() -> int | None:
+    """This process's start time, read once per pid.
+
+    A read that fails later (no file descriptor left) must not make the live claims of this
+    process look like another process's.
+    """
+    pid = os.getpid()
+    if pid not in _OWN_START:
+        _OWN_START[pid] = _process_start(pid)
+    return _OWN_START[pid]
+
+
 def _holder_tag() -> dict[str, Any]:
     """What a claim says of the process that wrote it: host name, pid and start time."""
-    pid = os.getpid()
-    tag: dict[str, Any] = {"host": socket.gethostname(), "pid": pid}
-    started = _process_start(pid)
+    tag: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    started = _own_start()
     if started is not None:
         tag["started"] = started
     return tag
@@ -724,7 +739,8 @@ def _ended_here(holder: Any) -> bool:
     if not isinstance(started, int) or isinstance(started, bool):
         started = None
     if pid == os.getpid():
-        if started is not None and started != _process_start(pid):
+        own = _own_start()
+        if started is not None and own is not None and started != own:
             return True
         nonce = holder.get("resume")  # a takeover's record has none: it is under way here
         return isinstance(nonce, str) and nonce not in _HELD_RESUMES
@@ -788,13 +804,13 @@ def _lease_seconds(value: Any) -> float | None:
 def _wrote(outcome: object, method: str) -> bool:
     """Whether a backend's conditional write wrote: the bool it returned.
 
-    The conditional writes are `save_new`, `batch_save_if` and `batch_delete_if`.
-
-    An int 0 or 1 (what a script of a key-value server returns) is taken too.
+    The conditional writes are `save_new`, `batch_save_if` and `batch_delete_if`. An int 0
+    or 1 (what a script of a key-value server returns) is taken too; None is told by what
+    is stored (see `CheckpointStore._written`).
 
     Raises:
-        PersistenceError: It returned anything else (None: a `return` forgotten). Read as
-            false, it would say another worker holds the key, which none may.
+        PersistenceError: It returned anything else. Read as false, it would say another
+            worker holds the key, which none may.
     """
     if outcome is True or outcome is False:
         return outcome
@@ -888,6 +904,11 @@ class _AwaitedBackend:
 
         async def awaited(*args: Any, **kwargs: Any) -> Any:
             result = method(*args, **kwargs)
+            if inspect.isasyncgen(result):
+                raise PersistenceError(
+                    f"a checkpoint backend's {name} must return its result, not yield it: "
+                    f"{owner}.{name} is an async generator"
+                )
             if not inspect.isawaitable(result):
                 raise PersistenceError(
                     f"a checkpoint backend's methods must be async (async def {name}(...)): "
@@ -1150,12 +1171,21 @@ class CheckpointStore:
             stored = 0 if fresh else await self._stored_steps(key)
             taken = key in found or stored > 0
         if taken:
-            why = f"already has checkpoints ({stored} steps saved, the session has "
-            self._refuse(session.session_id, why + f"{len(session.steps)})", _RUN_SAVED_ADVICE)
+            # A final checkpoint without step records: a run that saved none, or a sweep
+            # deleting the session (its step records go first).
+            saved = f"{stored} steps saved" if stored else "a final checkpoint saved"
+            why = f"already has checkpoints ({saved}, the session has {len(session.steps)})"
+            self._refuse(session.session_id, why, _RUN_SAVED_ADVICE)
         save_new = getattr(self.backend, "save_new", None)
         # A fresh id's meta record first, insert-if-absent: of runs (and forks) starting it
         # at once, one writes it.
-        if fresh and callable(save_new) and not _wrote(await save_new(meta_key, meta), "save_new"):
+        if (
+            fresh
+            and callable(save_new)
+            and not await self._written(
+                await save_new(meta_key, meta), "save_new", {meta_key: meta}
+            )
+        ):
             why = "was just taken by another run or a fork starting under it"
             self._refuse(session.session_id, why, _RUN_UNDER_WAY_ADVICE)
         claim = f"{key}:run:{session.step_count}"
@@ -1362,7 +1392,7 @@ class CheckpointStore:
         """
         save_new = getattr(self.backend, "save_new", None)
         if callable(save_new):
-            return _wrote(await save_new(key, value), "save_new")
+            return await self._written(await save_new(key, value), "save_new", {key: value})
         if await self.backend.load(key) is not None:
             return False
         await self.backend.save(key, value)
@@ -1549,7 +1579,8 @@ class CheckpointStore:
         """
         save_if = getattr(self.backend, "batch_save_if", None)
         if callable(save_if):
-            return _wrote(await save_if(guard_key, guard_value, items), "batch_save_if")
+            wrote = await save_if(guard_key, guard_value, items)
+            return await self._written(wrote, "batch_save_if", dict(items))
         if await self.backend.load(guard_key) != guard_value:
             return False
         await self.backend.batch_save(items)
@@ -1779,7 +1810,8 @@ class CheckpointStore:
         delete_if = getattr(self.backend, "batch_delete_if", None)
         if callable(delete_if):
             try:
-                return _wrote(await delete_if(guard_key, guard_value, keys), "batch_delete_if")
+                deleted = await delete_if(guard_key, guard_value, keys)
+                return await self._written(deleted, "batch_delete_if", dict.fromkeys(keys))
             except Exception as error:
                 logger.debug("guarded deletion of %s failed, done key by key: %r", keys, error)
         if await self.backend.load(guard_key) != guard_value:
@@ -1884,6 +1916,19 @@ class CheckpointStore:
             )
         return found
 
+    async def _written(self, outcome: object, method: str, items: dict[str, bytes | None]) -> bool:
+        """Whether a conditional write wrote, by what it returned (see `_wrote`).
+
+        None (redis-py's `set(..., nx=True)` answers it when it did not write; a `return`
+        forgotten gives it when it did) is told by what is stored: whether each key of
+        `items` holds its value (None: is absent). The values written hold nonces or run
+        ids: no other writer stores the same.
+        """
+        if outcome is not None:
+            return _wrote(outcome, method)
+        found = await self._batch_load(list(items))
+        return all(found.get(key) == value for key, value in items.items())
+
     async def _list_keys(self, prefix: str) -> list[str]:
         """The backend's `list_keys(prefix)`, as a list of strs.
 
@@ -1903,7 +1948,7 @@ class CheckpointStore:
         else:
             keys = list(found)
         for key in keys:
-            if type(key) is not str:
+            if not isinstance(key, str):
                 raise PersistenceError(
                     f"the backend's list_keys returned a key that is {_type_name(key)}, not a str"
                 )
@@ -3009,7 +3054,9 @@ class CheckpointStore:
         # told by its marker (`load` refuses it, and a fork may take its id over).
         _, marker = _meta_item(fork, state.mode, run, **shape, incomplete_fork=True)
         save_new = getattr(self.backend, "save_new", None)
-        if save_new is not None and not _wrote(await save_new(meta_key, marker), "save_new"):
+        if save_new is not None and not await self._written(
+            await save_new(meta_key, marker), "save_new", {meta_key: marker}
+        ):
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: another fork took it meanwhile "
                 "(fork into a new session id)",

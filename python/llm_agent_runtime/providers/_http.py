@@ -809,16 +809,14 @@ def client_from_environment(who: str, make: Callable[[], ClientT]) -> ClientT:
     try:
         return make()
     except (ImportError, ValueError, OSError, httpx.InvalidURL) as error:
-        named = [
-            name
-            for name in _CLIENT_ENVIRONMENT
-            if os.environ.get(name) or os.environ.get(name.lower())
-        ]
+        # Named in any case, as httpx reads them (through `urllib.request.getproxies`).
+        set_here = {name.upper() for name, value in os.environ.items() if value}
+        named = [name for name in _CLIENT_ENVIRONMENT if name in set_here]
         settings = ", ".join(named) if named else "none of HTTP(S)_PROXY, ALL_PROXY, SSL_CERT_*"
         reason = _URL_USER_INFO.sub(r"\1[redacted]@", str(error)) or type(error).__name__
         # httpx may quote a piece of a URL it could not read, which can be a piece of a
         # password (`Invalid port: 'Zk3q9'` for `user:Zk3q9/Xb@host`): each piece is hidden.
-        for piece in sorted(_user_info_pieces(named), key=len, reverse=True):
+        for piece in sorted(_user_info_pieces(), key=len, reverse=True):
             reason = reason.replace(piece, "[redacted]")
         raise ProviderError(
             f"{who} cannot make its HTTP client from this environment's proxy and TLS "
@@ -826,15 +824,17 @@ def client_from_environment(who: str, make: Callable[[], ClientT]) -> ClientT:
         ) from None
 
 
-def _user_info_pieces(names: list[str]) -> set[str]:
-    """The pieces (as URL delimiters split them) of the user info the settings `names` hold.
+def _user_info_pieces() -> set[str]:
+    """The pieces (as URL delimiters split them) of the user info the proxy settings hold.
 
-    Pieces of fewer than 3 characters are left: hiding them would garble the message, and
-    they give little of a password away.
+    Every `*_proxy` variable, in any case (the one httpx takes may be any of them). Pieces
+    of fewer than 3 characters are left: hiding them would garble the message, and they give
+    little of a password away.
     """
     pieces: set[str] = set()
-    for name in names:
-        value = os.environ.get(name) or os.environ.get(name.lower()) or ""
+    for name, value in os.environ.items():
+        if not name.lower().endswith("_proxy"):
+            continue
         user_info = value.partition("://")[2].rpartition("@")[0]
         for piece in re.split(r"[:/?#@\[\]]", user_info):
             pieces.update(p for p in (piece, unquote(piece)) if len(p) >= 3)
