@@ -12,8 +12,8 @@ use pyo3::{ffi, PyTraverseError, PyVisit};
 
 /// Delivers events to a list of callbacks and a list of queues (`put_nowait`).
 ///
-/// A callback's result other than None is handed to `schedule`, which runs it when it is a
-/// coroutine (an async callback).
+/// A callback's result other than None is handed to `schedule`, with the event, which runs it
+/// when it is a coroutine (an async callback).
 #[pyclass(name = "EventFanout", module = "llm_agent_runtime._core", frozen)]
 pub struct PyEventFanout {
     callbacks: Py<PyList>,
@@ -23,7 +23,8 @@ pub struct PyEventFanout {
 
 #[pymethods]
 impl PyEventFanout {
-    /// Fans out to `callbacks` and `queues`, passing non-None callback results to `schedule`.
+    /// Fans out to `callbacks` and `queues`, passing non-None callback results to `schedule`
+    /// (with the event).
     #[new]
     ///
     /// Raises:
@@ -65,7 +66,7 @@ impl PyEventFanout {
                 if result.is_none() {
                     Ok(())
                 } else {
-                    schedule.call1((result,)).map(drop)
+                    schedule.call1((result, event)).map(drop)
                 }
             });
             if let Err(error) = delivered {

@@ -502,6 +502,8 @@ async def test_a_raising_async_callback_is_logged_and_fails_no_run(
     assert session.final_answer == "ok"
     failures = [r for r in caplog.records if "async event callback failed" in r.getMessage()]
     assert len(failures) == 1 and "the dashboard is down" in failures[0].getMessage()
+    # Which session's events the listener lost, and which event.
+    assert f"on RunFinished of session {session.session_id}:" in failures[0].getMessage()
     assert failures[0].exc_info is not None
 
 
@@ -625,7 +627,10 @@ async def test_the_wait_for_callbacks_ends_at_the_loop_deadline(
     session = await rt.run_agent("a", "q", react(FINAL))
     assert session.final_answer == "ok"
     assert time.perf_counter() - start < 2
-    assert any("still running at the run's deadline" in r.getMessage() for r in caplog.records)
+    assert any(
+        f"of session {session.session_id} still running at the run's deadline" in r.getMessage()
+        for r in caplog.records
+    )
     gate.set()
     await asyncio.sleep(0)
 

@@ -92,15 +92,17 @@ async def test_an_async_callback_failing_after_a_cancelled_run_is_logged(
         await asyncio.sleep(10)
         return "Action: FINAL_ANSWER 1"
 
-    run = asyncio.create_task(rt.run_agent("a", "q", infer))
+    run = asyncio.create_task(rt.run_agent("a", "q", infer, session=rt.create_session("a", "s")))
     await model_called.wait()
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
     await asyncio.sleep(0.05)
     assert sorted(_callback_failures(caplog)) == [
-        "an async event callback failed: RuntimeError('failed on ErrorEvent')",
-        "an async event callback failed: RuntimeError('failed on RunStarted')",
+        "an async event callback failed on ErrorEvent of session s: "
+        "RuntimeError('failed on ErrorEvent')",
+        "an async event callback failed on RunStarted of session s: "
+        "RuntimeError('failed on RunStarted')",
     ]
 
 
@@ -121,7 +123,10 @@ async def test_an_async_callback_failing_is_logged_once_by_a_finished_run(
 
     session = await rt.run_agent("a", "q", infer)
     assert session.final_answer == "1"
-    assert _callback_failures(caplog) == ["an async event callback failed: RuntimeError('failed')"]
+    assert _callback_failures(caplog) == [
+        f"an async event callback failed on RunFinished of session {session.session_id}: "
+        "RuntimeError('failed')"
+    ]
 
 
 async def test_a_parallel_round_approved_denied_and_edited_into_invalid_arguments() -> None:

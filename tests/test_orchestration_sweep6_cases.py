@@ -112,18 +112,14 @@ class ReferenceLimiter:
 
     A setting changed applies from then on: each bucket is first brought up to now under the
     old settings (and capped at a lowered capacity); waiters keep their dues, and a waiter
-    that leaves moves those behind it up by what its tokens took at the rate each reserved
-    at. One that reserved before the rate changed gives back only the part of its tokens the
-    bucket still owes (it may have refilled, and dropped, them at the new rate).
+    that leaves moves those behind it up by what its tokens took at the rate it reserved at.
     """
 
     def __init__(self, rate: float, capacity: float) -> None:
         self.rate, self.capacity = rate, capacity
-        self.rate_changes = 0
-        self.rates_set = [rate]  # by rate change
         self.buckets: dict[str, tuple[float, float]] = {}
-        # key -> name -> (tokens, due, the rate and the rate changes when it reserved them)
-        self.waiting: dict[str, dict[str, tuple[float, float, float, int]]] = {}
+        # key -> name -> (tokens, due, the seconds its tokens took when it reserved them)
+        self.waiting: dict[str, dict[str, tuple[float, float, float]]] = {}
 
     def tokens(self, key: str, now: float) -> float:
         level, last = self.buckets.get(key, (self.capacity, now))
@@ -145,15 +141,14 @@ class ReferenceLimiter:
         self.waiting.setdefault(key, {})[name] = (
             tokens,
             now - level / self.rate,
-            self.rate,
-            self.rate_changes,
+            tokens / self.rate,
         )
         return False
 
     def serve(self, now: float) -> set[str]:
         served = set()
         for queue in self.waiting.values():
-            for name, (_, due, _, _) in list(queue.items()):
+            for name, (_, due, _) in list(queue.items()):
                 if due <= now:
                     served.add(name)
                     del queue[name]
@@ -162,23 +157,13 @@ class ReferenceLimiter:
     def leave(self, key: str, name: str, now: float) -> None:
         queue = self.waiting[key]
         names = list(queue)
-        tokens, due, _, changes = queue.pop(name)
+        tokens, due, took = queue.pop(name)
         assert now < due
         level, last = self.buckets[key]
-        if changes == self.rate_changes:
-            self.buckets[key] = (min(level + tokens, self.capacity), last)
-        else:  # the part of its tokens still owed: the debt, less the tokens behind it
-            level = self.tokens(key, now)
-            behind = sum(queue[other][0] for other in names[names.index(name) + 1 :])
-            tokens = min(tokens, max(0.0, -level - behind))
-            self.buckets[key] = (level + tokens, now)
-        # Moved up at their rates, or, past a rate change, at the fastest set since it
-        # reserved (none is served before the bucket could pay it).
-        fastest = max(self.rates_set[changes:])
+        self.buckets[key] = (min(level + tokens, self.capacity), last)
         for other in names[names.index(name) + 1 :]:
-            other_tokens, other_due, rate, other_changes = queue[other]
-            moved = tokens / (rate if changes == self.rate_changes else fastest)
-            queue[other] = (other_tokens, other_due - moved, rate, other_changes)
+            other_tokens, other_due, other_took = queue[other]
+            queue[other] = (other_tokens, other_due - took, other_took)
 
     def settle(self, now: float, capacity: float) -> None:
         self.buckets = {k: (min(self.tokens(k, now), capacity), now) for k in self.buckets}
@@ -278,9 +263,6 @@ def test_the_limiter_is_a_plain_token_bucket_per_key(ops: list[tuple[str, Any, f
             elif kind == "rate":
                 limiter.rate = value
                 reference.settle(now, math.inf)
-                if value != reference.rate:
-                    reference.rate_changes += 1
-                    reference.rates_set.append(value)
                 reference.rate = value
             else:
                 limiter.capacity = value

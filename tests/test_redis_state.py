@@ -1547,3 +1547,35 @@ def test_limiter_waiters_left_in_a_loop_closed_by_hand_are_collected_quietly(
     # The loop's connections are the GC's (`PerLoop`: no other loop used the limiter since).
     errors = [u.exc_value for u in unraisable if not isinstance(u.exc_value, ResourceWarning)]
     assert errors == []
+
+
+async def test_one_failed_batched_write_of_outcomes_is_logged_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every outcome the write held logged the same warning: 50 lines for one lost write.
+    backend = ar.RedisCircuitStateBackend(redis_url(), prefix=f"batch:{os.getpid()}:")
+    await backend.client.delete(backend.prefix + "svc")
+    breaker = ar.CircuitBreaker("svc", failure_threshold=100, recovery_window=10, backend=backend)
+    go = asyncio.Event()
+
+    async def work() -> str:
+        await go.wait()
+        return "ok"
+
+    calls = [asyncio.ensure_future(breaker.call(work)) for _ in range(20)]
+    await asyncio.sleep(0.05)  # all admitted, running
+
+    async def lost(*args: Any) -> None:
+        raise ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(backend, "_commit", lost)
+    with caplog.at_level(logging.WARNING, logger="llm_agent_runtime"):
+        go.set()
+        assert await asyncio.gather(*calls) == ["ok"] * 20  # the calls' own results
+        await asyncio.sleep(0.05)
+    assert breaker.record_errors == 20  # each outcome lost is counted
+    warnings = [r.getMessage() for r in caplog.records if "could not record" in r.getMessage()]
+    assert len(warnings) == 1 and "Connection closed by server" in warnings[0]
+    monkeypatch.undo()
+    await backend.client.delete(backend.prefix + "svc")
+    await backend.close()

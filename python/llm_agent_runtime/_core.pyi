@@ -249,14 +249,14 @@ class MetricsSnapshot:
 class EventFanout:
     """Delivers events to a list of callbacks and a list of queues (`put_nowait`).
 
-    A callback's result other than None is handed to `schedule`.
+    A callback's result other than None is handed to `schedule`, with the event.
     """
 
     def __new__(
         cls,
         callbacks: list[Callable[[Any], Any]],
         queues: list[Any],
-        schedule: Callable[[Any], Any],
+        schedule: Callable[[Any, Any], Any],
     ) -> EventFanout: ...
     def emit(self, event: Any) -> None:
         """Puts `event` on every queue, then calls every callback with it, in list order (so

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -174,15 +175,18 @@ RUN_CALLBACKS: ContextVar[set[asyncio.Future[Any]] | None] = ContextVar(
 )
 
 
-def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
-    """What happens to a callback's result: a coroutine (an async callback) is scheduled."""
+def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any, Any], None]:
+    """What happens to a callback's result: a coroutine (an async callback) is scheduled.
 
-    def done(task: asyncio.Future[Any]) -> None:
+    Called with the event the callback was given, which its failure's log record names.
+    """
+
+    def done(event: Any, task: asyncio.Future[Any]) -> None:
         # Logged here, however it ends: a run that is cancelled (or no run) waits for none.
         pending.discard(task)
-        _log_failure(task)
+        _log_failure(task, event)
 
-    def schedule(result: Any) -> None:
+    def schedule(result: Any, event: Any) -> None:
         if asyncio.iscoroutine(result):
             loop = asyncio._get_running_loop()
             if loop is None:
@@ -199,18 +203,20 @@ def _scheduler(pending: set[asyncio.Future[Any]]) -> Callable[[Any], None]:
                 run.add(task)
             # Keep a reference so the scheduled callback is not garbage-collected mid-run.
             pending.add(task)
-            task.add_done_callback(done)
+            task.add_done_callback(functools.partial(done, event))
 
     return schedule
 
 
-async def settle_callbacks(tasks: set[asyncio.Future[Any]], deadline: float | None) -> None:
+async def settle_callbacks(
+    tasks: set[asyncio.Future[Any]], deadline: float | None, session_id: str
+) -> None:
     """Waits for the async callbacks in `tasks`, and for those they schedule meanwhile.
 
     One that raised is logged with its traceback as it ends (see `_scheduler`): it ran beside
-    the run, whose outcome is its own. At `deadline` (a `time.perf_counter()` reading; None:
-    none) the wait ends with a warning, the callbacks left running. Being cancelled stops
-    the wait, not the callbacks.
+    the run (of session `session_id`), whose outcome is its own. At `deadline` (a
+    `time.perf_counter()` reading; None: none) the wait ends with a warning, the callbacks
+    left running. Being cancelled stops the wait, not the callbacks.
     """
     while tasks:
         batch = list(tasks)
@@ -219,17 +225,21 @@ async def settle_callbacks(tasks: set[asyncio.Future[Any]], deadline: float | No
         _, unfinished = await asyncio.wait(batch, timeout=timeout)
         if unfinished:
             logger.warning(
-                "%d async event callbacks still running at the run's deadline: left running",
+                "%d async event callbacks of session %s still running at the run's deadline: "
+                "left running",
                 len(unfinished),
+                session_id,
             )
             return
 
 
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    """Logs the exception of a finished async callback, if it raised one."""
+def _log_failure(task: asyncio.Future[Any], event: Any) -> None:
+    """Logs the exception of a finished async callback given `event`, if it raised one."""
     if not task.cancelled() and (error := task.exception()) is not None:
         logger.error(
-            "an async event callback failed: %r",
+            "an async event callback failed on %s of session %s: %r",
+            type(event).__name__,
+            getattr(event, "session_id", None),
             error,
             exc_info=(type(error), error, error.__traceback__),
         )

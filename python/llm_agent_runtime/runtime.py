@@ -1355,7 +1355,7 @@ class AgentRuntime(Unshared):
                 if guard is not None:
                     guard.release()
             if callbacks and settle:
-                await settle_callbacks(callbacks, deadline)
+                await settle_callbacks(callbacks, deadline, session_id)
 
     async def _end_failed_run(
         self,
@@ -2933,14 +2933,37 @@ class AgentRuntime(Unshared):
                 raise  # cancelled: the run's own handler saves what it can
             if self._resume_claim_lost(session_id):
                 raise  # the run stops (`_unless_resume_lost`)
-            from llm_agent_runtime.persistence.base import step_key
-
-            key = step_key(session_id, first)
+            last = first + len(records) - 1
             if self._checkpoints.refuses(session_id):  # no failure of the backend: not counted
-                logger.warning("checkpoint %s refused: %r", key, error)
+                logger.warning(
+                    "checkpoint of steps %d-%d of session %s refused: %r",
+                    first,
+                    last,
+                    session_id,
+                    error,
+                )
                 return
-            self._count_checkpoint_error(session, "checkpoint %s failed: %r", key, error)
+            # Logged once an outage begins, not at each step (each is counted all the same):
+            # the steps go with the next save, which says when they were saved.
+            again = unsaved is not None
+            self._count_checkpoint_error(
+                session,
+                logging.DEBUG if again else logging.WARNING,
+                "checkpoint of steps %d-%d of session %s failed%s: %r (kept for the next save)",
+                first,
+                last,
+                session_id,
+                " again" if again else "",
+                error,
+            )
             return
+        if unsaved is not None:
+            logger.info(
+                "checkpoint of steps %d-%d of session %s saved, after failing",
+                first,
+                first + len(records) - 1,
+                session_id,
+            )
         for key in keys:
             self.events.emit(CheckpointSaved(session_id, key))
 
@@ -3169,15 +3192,17 @@ class AgentRuntime(Unshared):
         held = self._resume_leases.get(session_id)
         return held is not None and bool(held[1])
 
-    def _count_checkpoint_error(self, session: AgentSession, message: str, *args: Any) -> None:
+    def _count_checkpoint_error(
+        self, session: AgentSession, level: int, message: str, *args: Any
+    ) -> None:
         """Counts a failed checkpoint write the run goes on after, and logs it.
 
-        The warning is `message % args`, logged as its caller's line: the record says where
-        the write failed.
+        The record (`message % args`, at `level`) is logged as its caller's line: it says
+        where the write failed.
         """
         session.checkpoint_errors += 1
         self._metrics.record_checkpoint_error()
-        logger.warning(message, *args, stacklevel=2)
+        logger.log(level, message, *args, stacklevel=2)
 
     def _resume_lost(self, session_id: str, error: PersistenceError) -> None:
         """Stops the resumed run of `session_id`: its resume claim is another worker's now.
@@ -3331,6 +3356,7 @@ class AgentRuntime(Unshared):
                 raise  # the run stops (`_unless_resume_lost`)
             self._count_checkpoint_error(
                 session,
+                logging.WARNING,
                 "journal entry of the model reply of step %d of session %s failed: %r",
                 step,
                 session_id,
@@ -3504,6 +3530,7 @@ class AgentRuntime(Unshared):
                     raise  # the run stops (`_unless_resume_lost`)
                 self._count_checkpoint_error(
                     session,
+                    logging.WARNING,
                     "journal entry of tool call %d of step %d of session %s failed: %r",
                     index,
                     step,
@@ -3592,6 +3619,7 @@ class AgentRuntime(Unshared):
         except Exception as error:
             self._count_checkpoint_error(
                 session,
+                logging.WARNING,
                 "intent of tool call %d of step %d of session %s not taken back: %r",
                 index,
                 step,
@@ -3968,7 +3996,7 @@ class AgentRuntime(Unshared):
                         self._running.discard(session_id)
                         _let_go(self._finishing, session_id, callbacks)
                     if callbacks and settle:
-                        await settle_callbacks(callbacks, deadline)
+                        await settle_callbacks(callbacks, deadline, session_id)
                 return session
             break
         # A turn goes on with the history it started with (`session()` gives it).

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import llm_agent_runtime as ar
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
 
 
 class DictBackend:
@@ -77,16 +78,30 @@ class AnswersOk(DictBackend):
         return "OK"
 
 
-async def test_a_save_new_returning_none_is_told_by_what_is_stored() -> None:
-    # None was read as False: "session 's1' was just taken by another run", which none was;
-    # then refused as no bool, which broke a backend on redis-py's NX answer under contention.
-    for backend in (ForgetsReturn(), SetNx()):
-        session = await run_once(backend)
-        assert session.final_answer == "42"
-        with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
-            await run_once(backend)
+async def test_a_save_new_returning_none_is_not_written_and_a_refusal_names_it() -> None:
+    # None is redis-py's answer when `set(..., nx=True)` did not write: taken as False. One
+    # that wrote and forgot its `return True` is refused then, the refusal naming the None
+    # (it read as another worker's run, which none was).
+    backend = SetNx()
+    assert (await run_once(backend)).final_answer == "42"
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await run_once(backend)
+    with pytest.raises(ar.PersistenceError, match=r"save_new has answered None.*must return True"):
+        await run_once(ForgetsReturn())
     with pytest.raises(ar.PersistenceError, match=r"save_new returned a str, not a bool"):
         await run_once(AnswersOk())
+
+
+async def test_one_of_two_workers_journals_a_call_on_a_set_nx_backend() -> None:
+    # Read back to tell a None, the same intent (same run, step, call and key) stored by
+    # another worker read as this one's own: both ran the call.
+    backend = SetNx()
+    stores = [CheckpointStore(backend) for _ in range(2)]
+    intent = {"state": "intent", "tool": "pay", "arguments": {}, "key": "s1:1:0", "run": "r1"}
+    first = await stores[0].journal("s1", 1, 0, dict(intent), new=True)
+    second = await stores[1].journal("s1", 1, 0, dict(intent), new=True)
+    assert first is None  # written: this worker runs the call
+    assert second is not None and second["state"] == "intent"  # found: it does not
 
 
 async def test_a_resume_claim_taken_meanwhile_is_refused_on_a_set_nx_backend() -> None:

@@ -1626,3 +1626,36 @@ async def test_a_new_sessions_run_lists_no_keys_and_its_turns_number_events_on()
     assert [int(key.rsplit(":", 1)[1]) for key in keys] == list(range(len(keys)))
     events = [e["type"] for e in await runtime.session_events(chat.session_id)]
     assert events.count("RunStarted") == 2 and events.count("RunFinished") == 2
+
+
+class StepSavesDownFor(ar.InMemoryBackend):
+    """Refuses the writes of step checkpoints from step 2 on, three times (an outage)."""
+
+    refusals = 3
+
+    async def batch_save(self, items: Any) -> None:
+        if self.refusals and any(key.endswith(":step:2") for key in items):
+            self.refusals -= 1
+            raise OSError("disk full")
+        await super().batch_save(items)
+
+
+async def test_an_outage_of_step_checkpoints_is_a_warning_once_and_a_note_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A warning a step, each naming the first pending step as if it failed again: tens of
+    # thousands of identical lines in an outage of many runs.
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=StepSavesDownFor())
+    with caplog.at_level("INFO", logger="llm_agent_runtime"):
+        session = await runtime.run_agent("a", "q", script(*(add_step(i) for i in range(6)), FINAL))
+    assert session.checkpoint_errors == 3  # each failed write is counted
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    sid = session.session_id
+    assert logged == [
+        (
+            "WARNING",
+            f"checkpoint of steps 2-2 of session {sid} failed: OSError('disk full') "
+            "(kept for the next save)",
+        ),
+        ("INFO", f"checkpoint of steps 2-5 of session {sid} saved, after failing"),
+    ]

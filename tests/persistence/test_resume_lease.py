@@ -1120,3 +1120,43 @@ async def test_a_finished_resumes_claim_whose_delete_fails_is_logged(
     assert "a claim of session x was not deleted (its later resumes" in caplog.text
     assert "connection reset" in caplog.text
     assert await backend.list_keys("session:x:resume") != []  # what the warning says
+
+
+class LoadsDown(ar.InMemoryBackend):
+    """Its reads fail while `down` (an outage while a resumed run holds its lease)."""
+
+    down = False
+    failed = 0
+
+    async def load(self, key: str) -> bytes | None:
+        if self.down:
+            self.failed += 1
+            raise OSError("connection refused")
+        return await super().load(key)
+
+
+async def test_renewals_failing_through_an_outage_are_a_warning_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A warning at each renewal: three a second under a lease of one second, for as long
+    # as the outage lasted.
+    backend = LoadsDown()
+    await interrupted(backend)
+    store = CheckpointStore(backend, resume_lease_seconds=0.3)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="llm_agent_runtime"):
+        await store.claim_resumed(await store.load("x"))
+        backend.down = True
+        async with asyncio.timeout(10):
+            while backend.failed < 4:  # four renewals fail
+                await asyncio.sleep(0.01)
+            backend.down = False
+            while len(caplog.records) < 2:  # the next renewal
+                await asyncio.sleep(0.01)
+        await store.release("x")
+    logged = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert logged == [
+        ("WARNING", "resume claim session"),
+        ("INFO", "resume claim session"),
+    ], logged
+    assert "renewed, after failing" in caplog.records[1].getMessage()

@@ -640,8 +640,9 @@ def test_the_tunnel_bound_is_lifted_once_the_connect_reply_came() -> None:
         # httpx takes the lower-case one: the upper-case one holds no password to hide.
         {"HTTPS_PROXY": "http://proxy.corp:3128", "https_proxy": "http://u:hunter2/X@p:3128"},
         {"Https_Proxy": "http://user:hunter2/Xb7pL@proxy.corp:3128"},
+        {"HTTPS_PROXY": "user:hunter2/Xb7pL@proxy.corp:3128"},  # read as http://
     ],
-    ids=["lower-case", "both", "mixed-case"],
+    ids=["lower-case", "both", "mixed-case", "no-scheme"],
 )
 async def test_a_proxy_password_is_hidden_whatever_the_case_of_its_setting(
     environment: dict[str, str], server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch

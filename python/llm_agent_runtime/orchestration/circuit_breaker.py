@@ -308,8 +308,10 @@ class CircuitBreaker(Unshared):
         self.transitions: Counter[str] = Counter()
         """How many times each change happened, keyed `"old->new"`."""
         self.record_errors = 0
-        """Outcomes of calls the backend failed to record (each is logged; the call's own
-        result or error is what its caller got)."""
+        """Outcomes of calls the backend failed to record (each is counted, and logged once
+        per failed write: the outcomes written together fail together; the call's own result
+        or error is what its caller got)."""
+        self._unrecorded: BaseException | None = None  # what failed the last logged write
         self._last: CircuitState = CLOSED
         # Held while an in-process change is made and observed (reentrant: a listener may
         # call through the breaker).
@@ -604,6 +606,12 @@ class CircuitBreaker(Unshared):
 
     def _record_failed(self, failure: BaseException) -> None:
         self.record_errors += 1
+        # The outcomes of one batched write fail each with an error of its own, caused by
+        # the write's: that one is logged once.
+        cause = failure.__cause__ or failure
+        if cause is self._unrecorded:
+            return
+        self._unrecorded = cause
         logger.warning(
             "circuit breaker %r: could not record a call's outcome (%s: %s); the call's own "
             "result stands, and a trial slot it held is reclaimed after trial_timeout",

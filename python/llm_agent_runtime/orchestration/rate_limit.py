@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import functools
 import math
 from collections.abc import Hashable
@@ -39,12 +38,11 @@ class _Waiter:
     known.
     """
 
-    __slots__ = ("_due", "_line", "_moved", "_until", "_wake", "gains", "seq", "tokens")
+    __slots__ = ("_due", "_line", "_moved", "_until", "_wake", "gains", "seq")
 
-    def __init__(self, due: float = math.inf, seq: int | None = None, tokens: float = 0.0) -> None:
+    def __init__(self, due: float = math.inf, seq: int | None = None) -> None:
         self._due = due
         self.seq = seq
-        self.tokens = tokens  # reserved (a local bucket's: see `_give_back_across_rates`)
         self.gains: list[Refund] = []
         self._line: _Line | None = None  # its key's, while it waits in the room
         self._moved = 0  # what the line had moved its number up by when `_due` was set
@@ -123,11 +121,6 @@ class _Waiter:
         # sleep is measured from `due`, else it is exactly `seconds`.
         now = clock.now()
         await clock.sleep(seconds if now == since else self.due - now)
-
-
-def _first(rate: tuple[int, float, float]) -> int:
-    """The first reservation number of a rate set (see `RateLimiter._rates`)."""
-    return rate[0]
 
 
 def _wake_up(wake: asyncio.Future[None], _: object) -> None:
@@ -342,17 +335,20 @@ class RateLimiter(CopiedWhole):
     Meant for one event loop at a time (not shared between threads); the reservations of
     waiters a closed loop left behind (not yet due) come back once the next `acquire` of
     their key has let them go and the garbage collector has collected their tasks (until
-    then `try_acquire` and `tokens` count them as taken). A bucket
-    that has refilled is dropped now and then (a new key starts full, as it would), so many
-    distinct keys do not pile up. A clock that steps back (a wall clock corrected) neither
-    drains nor refills a bucket: its refill goes on from where the clock stands.
+    then `try_acquire` and `tokens` count them as taken). A bucket that has refilled is
+    dropped now and then (a new key starts full, as it would), so many distinct keys do not
+    pile up. A clock that steps back (a wall clock corrected) neither drains nor refills a
+    bucket: its refill goes on from where the clock stands.
 
     Both `rate` and `capacity` may be set again later, checked as the constructor checks
     them (a bad value raises, and the old one stays). Every bucket refills at the new rate
     from then on; a lowered capacity caps every bucket at once (and the tokens one request
     may ask), a raised one lets them refill up to it from then on. What a bucket refilled
     before the change stays as the old settings made it. Callers already waiting in `acquire`
-    keep the times they were given.
+    keep the times they were given: after a raised rate, the bucket may refill past their
+    reservations before they are due, for newcomers to take, and a caller cancelled then
+    gives its tokens back all the same, so up to its tokens more than `capacity` may go out
+    at once.
 
     Args:
         rate: tokens added per second.
@@ -373,10 +369,6 @@ class RateLimiter(CopiedWhole):
         self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._room = _WaitingRoom()  # the callers of `acquire` waiting on each key
         self._count = 0  # numbers reservations and refunds (see `Refund`)
-        # The rates reservations were timed at: (first reservation number, rate, first number
-        # after it) of each rate set, but those a later faster one makes no matter (the rates
-        # fall along the list; the last is the rate in force): see `_give_back_across_rates`.
-        self._rates: list[tuple[int, float, float]] = [(0, self._rate, math.inf)]
         self._sweep_at = _FIRST_SWEEP  # buckets held when refilled ones are next dropped
 
     def _in_use(self) -> str | None:
@@ -398,18 +390,6 @@ class RateLimiter(CopiedWhole):
         # Checked as in the constructor: a NaN or negative rate corrupted every bucket.
         rate = _checked_bucket(rate, self._capacity)[0]
         self._settle()  # the time until now refilled at the old rate
-        if rate != self._rate:
-            rates, first = self._rates, self._count + 1
-            rates[-1] = (*rates[-1][:2], first)  # the rate in force until now
-            while rates and rates[-1][1] <= rate:
-                rates.pop()
-            rates.append((first, rate, math.inf))
-            # Only the rates of reservations still waiting matter: each key's first is its
-            # oldest.
-            firsts = (next(iter(queue)).seq for queue in self._room.waiters.values() if queue)
-            oldest = min((seq for seq in firsts if seq is not None), default=self._count + 1)
-            while len(rates) > 1 and rates[1][0] <= oldest:
-                del rates[0]
         self._rate = rate
 
     @property
@@ -492,40 +472,6 @@ class RateLimiter(CopiedWhole):
         self._buckets[key] = (level, now)
         return False
 
-    def _give_back_across_rates(self, key: Hashable, waiter: _Waiter) -> None:
-        """Gives back what a waiter cancelled before it was due, reserved before a rate change.
-
-        Refilled at another rate than its time was reckoned at, the bucket may have paid its
-        tokens before it was due, and dropped them at capacity since: only the part of its
-        tokens the bucket still owes goes back (else a newcomer and the waiters behind were
-        granted them twice). The bucket pays its debt first come, first served, so the part
-        still owed is its debt less the tokens of the waiters behind, up to the waiter's own
-        (a walk of the waiters behind, after a rate change only). The waiters behind are
-        moved up by the tokens given back at the fastest rate any of their times was reckoned
-        at: none is served before the bucket could pay it (one timed at a slower rate may be
-        served a little later than it could).
-        """
-        now = self._clock.now()
-        level = self._refill(key, now)
-        queue = iter(self._room.waiters.get(key, ()))
-        for ahead in queue:
-            if ahead is waiter:
-                break
-        behind = sum(other.tokens for other in queue)
-        given = min(waiter.tokens, max(0.0, -level - behind))
-        self._buckets[key] = (level + given, now)
-        if given <= 0.0 or waiter.seq is None:
-            return
-        # The fastest of the rates from its reservation on (they fall along the list): its
-        # own, or the first set after it that is kept.
-        rates, seq = self._rates, waiter.seq
-        i = max(0, bisect.bisect_right(rates, seq, key=_first) - 1)
-        if rates[i][2] <= seq and i + 1 < len(rates):  # its own was outrun by a faster one
-            i += 1
-        fastest = rates[i][1]
-        self._count += 1
-        self._room.owe(key, (waiter.seq, self._count, given / fastest))
-
     async def acquire(self, key: Hashable = "default", tokens: float = 1.0) -> None:
         """Takes `tokens` from `key`'s bucket, waiting until they have been refilled.
 
@@ -536,10 +482,7 @@ class RateLimiter(CopiedWhole):
         tokens took at the rate when it reserved them (a rate set since changes no waiter's
         time). A waiter cancelled once it is due (before it resumed) was served: nothing is
         given back, as the bucket may have dropped the tokens refilled for it at capacity
-        since. So may a bucket whose rate changed since the waiter reserved: such a waiter
-        gives back only the part of its tokens the bucket still owes, and the waiters behind
-        are served sooner by that many tokens at the fastest rate their times were reckoned
-        at.
+        since.
 
         Raises:
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
@@ -560,7 +503,7 @@ class RateLimiter(CopiedWhole):
         refund = tokens / self._rate
         self._count += 1
         seq = self._count
-        waiter = _Waiter(now + wait, seq, tokens)
+        waiter = _Waiter(now + wait, seq)
         self._room.enter(key, waiter)
         try:
             await waiter.wait(self._clock, wait, now)
@@ -574,15 +517,13 @@ class RateLimiter(CopiedWhole):
             # given in this turn of the loop (waiters ahead cancelled at once) does not make it
             # due after the fact, as it never was (the bucket was in debt for it until now).
             if bucket is not None and self._clock.now() < waiter.due:
-                if self._rates[-1][0] <= seq:  # timed at the rate in force
-                    # Capped: a capacity lowered while it waited caps what it gives back too
-                    # (else a bucket with 3 tokens, capacity 2 by then, granted 3 at once).
-                    self._buckets[key] = (min(bucket[0] + tokens, self._capacity), bucket[1])
-                    # The refund is theirs: without it, a newcomer would be served first.
-                    self._count += 1
-                    self._room.owe(key, (seq, self._count, refund))
-                else:
-                    self._give_back_across_rates(key, waiter)
+                # Capped: a capacity lowered while it waited caps what it gives back too
+                # (else a bucket with 3 tokens, capacity 2 by then, granted 3 at once).
+                level = min(bucket[0] + tokens, self._capacity)
+                self._buckets[key] = (level, bucket[1])
+                # The refund is theirs: without it, a newcomer would be served before them.
+                self._count += 1
+                self._room.owe(key, (seq, self._count, refund))
             raise
         finally:
             self._room.leave(key, waiter)

@@ -801,27 +801,6 @@ def _lease_seconds(value: Any) -> float | None:
     )
 
 
-def _wrote(outcome: object, method: str) -> bool:
-    """Whether a backend's conditional write wrote: the bool it returned.
-
-    The conditional writes are `save_new`, `batch_save_if` and `batch_delete_if`. An int 0
-    or 1 (what a script of a key-value server returns) is taken too; None is told by what
-    is stored (see `CheckpointStore._written`).
-
-    Raises:
-        PersistenceError: It returned anything else. Read as false, it would say another
-            worker holds the key, which none may.
-    """
-    if outcome is True or outcome is False:
-        return outcome
-    if type(outcome) is int and outcome in (0, 1):
-        return bool(outcome)
-    raise PersistenceError(
-        f"the backend's {method} returned {_type_name(outcome)}, not a bool (True when it "
-        "wrote, False when it did not)"
-    )
-
-
 def _type_name(value: object) -> str:
     """How an error message names the type of a backend's result."""
     if value is None:
@@ -1060,6 +1039,8 @@ class CheckpointStore:
             if callable(getattr(backend, m, None)) and not is_async_callable(getattr(backend, m))
         ]
         self.backend = _AwaitedBackend(backend, blocking) if blocking else backend
+        # A conditional write that answered None (see `_wrote`), named in refusals.
+        self._answered_none: str | None = None
         self.resume_lease_seconds = _lease_seconds(resume_lease_seconds)
         self._next_event: dict[str, int] = {}  # per running session: the log's next number
         # Per session, the step records and events of its last failed `save_steps`, encoded
@@ -1182,9 +1163,7 @@ class CheckpointStore:
         if (
             fresh
             and callable(save_new)
-            and not await self._written(
-                await save_new(meta_key, meta), "save_new", {meta_key: meta}
-            )
+            and not self._wrote(await save_new(meta_key, meta), "save_new")
         ):
             why = "was just taken by another run or a fork starting under it"
             self._refuse(session.session_id, why, _RUN_UNDER_WAY_ADVICE)
@@ -1392,7 +1371,7 @@ class CheckpointStore:
         """
         save_new = getattr(self.backend, "save_new", None)
         if callable(save_new):
-            return await self._written(await save_new(key, value), "save_new", {key: value})
+            return self._wrote(await save_new(key, value), "save_new")
         if await self.backend.load(key) is not None:
             return False
         await self.backend.save(key, value)
@@ -1579,8 +1558,7 @@ class CheckpointStore:
         """
         save_if = getattr(self.backend, "batch_save_if", None)
         if callable(save_if):
-            wrote = await save_if(guard_key, guard_value, items)
-            return await self._written(wrote, "batch_save_if", dict(items))
+            return self._wrote(await save_if(guard_key, guard_value, items), "batch_save_if")
         if await self.backend.load(guard_key) != guard_value:
             return False
         await self.backend.batch_save(items)
@@ -1600,6 +1578,7 @@ class CheckpointStore:
         lost only once another worker took it over).
         """
         assert self.resume_lease_seconds is not None
+        failing = False  # logged once an outage begins, not at each renewal
         while True:
             await asyncio.sleep(self.resume_lease_seconds / 3)
             self._check_renewing(session_id)
@@ -1610,7 +1589,13 @@ class CheckpointStore:
                 if not await self._extend(lease):
                     break
             except Exception as error:
-                logger.warning("resume claim %s not renewed: %r", lease.key, error)
+                level = logging.DEBUG if failing else logging.WARNING
+                logger.log(level, "resume claim %s not renewed: %r", lease.key, error)
+                failing = True
+            else:
+                if failing:
+                    logger.info("resume claim %s renewed, after failing", lease.key)
+                failing = False
         self._check_renewing(session_id)  # not if the run ended meanwhile (`forget`)
         self._lose(session_id, lease)
 
@@ -1810,8 +1795,7 @@ class CheckpointStore:
         delete_if = getattr(self.backend, "batch_delete_if", None)
         if callable(delete_if):
             try:
-                deleted = await delete_if(guard_key, guard_value, keys)
-                return await self._written(deleted, "batch_delete_if", dict.fromkeys(keys))
+                return self._wrote(await delete_if(guard_key, guard_value, keys), "batch_delete_if")
             except Exception as error:
                 logger.debug("guarded deletion of %s failed, done key by key: %r", keys, error)
         if await self.backend.load(guard_key) != guard_value:
@@ -1901,6 +1885,11 @@ class CheckpointStore:
         """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
         self._refused.add(session_id)
         key = session_key(session_id)
+        if self._answered_none is not None:  # maybe a write that landed, read as none
+            advice += (
+                f" (this backend's {self._answered_none} has answered None, taken as 'not "
+                "written': one that wrote must return True)"
+            )
         raise PersistenceError(f"session {session_id!r} {why}: {advice}", key=key)
 
     async def _batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
@@ -1916,18 +1905,30 @@ class CheckpointStore:
             )
         return found
 
-    async def _written(self, outcome: object, method: str, items: dict[str, bytes | None]) -> bool:
-        """Whether a conditional write wrote, by what it returned (see `_wrote`).
+    def _wrote(self, outcome: object, method: str) -> bool:
+        """Whether a backend's conditional write wrote: the bool it returned.
 
-        None (redis-py's `set(..., nx=True)` answers it when it did not write; a `return`
-        forgotten gives it when it did) is told by what is stored: whether each key of
-        `items` holds its value (None: is absent). The values written hold nonces or run
-        ids: no other writer stores the same.
+        The conditional writes are `save_new`, `batch_save_if` and `batch_delete_if`. An int
+        0 or 1 (what a script of a key-value server returns) is taken too, and None as False
+        (redis-py's `set(..., nx=True)` answers None when it did not write): a write that did
+        land and forgot its `return True` is then refused as another worker's, a refusal
+        that names the None (see `_refuse`).
+
+        Raises:
+            PersistenceError: It returned anything else. Read as false, it would say another
+                worker holds the key, which none may.
         """
-        if outcome is not None:
-            return _wrote(outcome, method)
-        found = await self._batch_load(list(items))
-        return all(found.get(key) == value for key, value in items.items())
+        if outcome is True or outcome is False:
+            return outcome
+        if outcome is None:
+            self._answered_none = method
+            return False
+        if type(outcome) is int and outcome in (0, 1):
+            return bool(outcome)
+        raise PersistenceError(
+            f"the backend's {method} returned {_type_name(outcome)}, not a bool (True when it "
+            "wrote, False when it did not)"
+        )
 
     async def _list_keys(self, prefix: str) -> list[str]:
         """The backend's `list_keys(prefix)`, as a list of strs.
@@ -3054,9 +3055,7 @@ class CheckpointStore:
         # told by its marker (`load` refuses it, and a fork may take its id over).
         _, marker = _meta_item(fork, state.mode, run, **shape, incomplete_fork=True)
         save_new = getattr(self.backend, "save_new", None)
-        if save_new is not None and not await self._written(
-            await save_new(meta_key, marker), "save_new", {meta_key: marker}
-        ):
+        if save_new is not None and not self._wrote(await save_new(meta_key, marker), "save_new"):
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: another fork took it meanwhile "
                 "(fork into a new session id)",

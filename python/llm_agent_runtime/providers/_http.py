@@ -835,7 +835,9 @@ def _user_info_pieces() -> set[str]:
     for name, value in os.environ.items():
         if not name.lower().endswith("_proxy"):
             continue
-        user_info = value.partition("://")[2].rpartition("@")[0]
+        # httpx reads a value without a scheme (`user:pw@host:3128`) as http://...
+        scheme, found, rest = value.partition("://")
+        user_info = (rest if found else scheme).rpartition("@")[0]
         for piece in re.split(r"[:/?#@\[\]]", user_info):
             pieces.update(p for p in (piece, unquote(piece)) if len(p) >= 3)
     return pieces
