@@ -86,7 +86,7 @@ async def test_a_save_new_returning_none_is_not_written_and_a_refusal_names_it()
     assert (await run_once(backend)).final_answer == "42"
     with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
         await run_once(backend)
-    with pytest.raises(ar.PersistenceError, match=r"save_new has answered None.*must return True"):
+    with pytest.raises(ar.PersistenceError, match=r"save_new answered None here.*must return True"):
         await run_once(ForgetsReturn())
     with pytest.raises(ar.PersistenceError, match=r"save_new returned a str, not a bool"):
         await run_once(AnswersOk())
@@ -292,3 +292,25 @@ async def test_a_list_keys_that_yields_is_named_as_such() -> None:
     backend = Yields()
     with pytest.raises(ar.PersistenceError, match=r"list_keys must return .* async generator"):
         await ar.AgentRuntime(checkpoint_backend=backend).sweep(0.0)
+
+
+async def test_a_none_answer_is_named_only_in_the_refusal_it_caused() -> None:
+    # Named in every later refusal of the store, of any session: a backend answering None
+    # honestly (redis-py's NX) was told it forgot a `return True`, for good.
+    backend = SetNx()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+
+    async def down(prompt: str) -> str:
+        raise ConnectionError("model down")
+
+    with pytest.raises(ConnectionError):
+        await runtime.run_agent("a", "hi", down, session=runtime.create_session("a", "s1"))
+    holder = CheckpointStore(backend)
+    await holder.claim_resumed(await holder.load("s1"))
+    with pytest.raises(ar.PersistenceError, match="answered None here"):
+        await runtime.resume("s1", answer)  # its claim's save_new answered None: refused
+    await runtime.run_agent("a", "hi", answer, session=runtime.create_session("a", "s2"))
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints") as caught:
+        await runtime.run_agent("a", "hi", answer, session=runtime.create_session("a", "s2"))
+    assert "None" not in str(caught.value)  # the same store, another refusal
+    await holder.release("s1")

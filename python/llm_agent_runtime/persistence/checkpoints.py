@@ -1120,6 +1120,7 @@ class CheckpointStore:
                 events raise `PersistenceError`) until `forget` or another `save_meta` of the
                 session.
         """
+        self._answered_none = None  # a None of an earlier call is no refusal's of this one
         key = session_key(session.session_id)
         run = uuid.uuid4().hex if run is None else run
         meta_key, meta = _meta_item(
@@ -1473,6 +1474,7 @@ class CheckpointStore:
     async def _claim_resumed(
         self, state: SessionState, lost: Callable[[PersistenceError], None] | None, nonce: str
     ) -> None:
+        self._answered_none = None  # a None of an earlier call is no refusal's of this one
         run = state.run or ""
         key = session_key(state.session_id)
         resume_key = f"{key}:resume:{state.first_step}"
@@ -1885,10 +1887,11 @@ class CheckpointStore:
         """Refuses the run of the session (see `save_meta`): nothing of it is written after."""
         self._refused.add(session_id)
         key = session_key(session_id)
-        if self._answered_none is not None:  # maybe a write that landed, read as none
+        answered, self._answered_none = self._answered_none, None
+        if answered is not None:  # this refusal's: maybe a write that landed, read as none
             advice += (
-                f" (this backend's {self._answered_none} has answered None, taken as 'not "
-                "written': one that wrote must return True)"
+                f" (the backend's {answered} answered None here, read as 'not written': if "
+                "it did write, it must return True)"
             )
         raise PersistenceError(f"session {session_id!r} {why}: {advice}", key=key)
 
