@@ -2923,6 +2923,7 @@ class AgentRuntime(Unshared):
         unsaved = self._unsaved_steps.pop(session_id, None)
         if unsaved is not None:
             first, records = unsaved[0], unsaved[1] + records
+        last = first + len(records) - 1
         events = self._event_log.pop(session_id, [])
         try:
             keys = await self._checkpoints.save_steps(session_id, first, records, events)
@@ -2933,7 +2934,6 @@ class AgentRuntime(Unshared):
                 raise  # cancelled: the run's own handler saves what it can
             if self._resume_claim_lost(session_id):
                 raise  # the run stops (`_unless_resume_lost`)
-            last = first + len(records) - 1
             if self._checkpoints.refuses(session_id):  # no failure of the backend: not counted
                 logger.warning(
                     "checkpoint of steps %d-%d of session %s refused: %r",
@@ -2961,7 +2961,7 @@ class AgentRuntime(Unshared):
             logger.info(
                 "checkpoint of steps %d-%d of session %s saved, after failing",
                 first,
-                first + len(records) - 1,
+                last,
                 session_id,
             )
         for key in keys:

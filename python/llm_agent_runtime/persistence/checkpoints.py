@@ -681,17 +681,28 @@ claim that names this process and a nonce not here was left behind (its deletion
 its store is gone)."""
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of `/proc/<pid>/stat` after the process's name (Linux): its state first.
+
+    None where they cannot be read (no such process, another system, no file descriptor).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+
+
 def _process_start(pid: int) -> int | None:
     """When process `pid` started, in clock ticks since boot (Linux); None where not known.
 
     With its pid, it names one process: a pid is reused, by a container restarted (its entry
     point is pid 1 again, under the same host name) or after the pids wrapped around.
     """
+    fields = _stat_fields(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-        return int(fields[19])  # field 22, `starttime`; the first two precede the ")"
-    except (OSError, IndexError, ValueError):
+        return None if fields is None else int(fields[19])  # field 22, `starttime`
+    except (IndexError, ValueError):
         return None
 
 
@@ -754,10 +765,8 @@ def _ended_here(holder: Any) -> bool:
         pass
     # Signal 0 reaches a zombie too: a process that ended, not yet reaped by its parent (a
     # supervisor that noticed its death by a timeout, say). Linux tells one by its state.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return False
     if fields[:1] in ([b"Z"], [b"X"]):
         return True
