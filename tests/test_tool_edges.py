@@ -160,3 +160,18 @@ async def test_an_ellipsis_default_is_required_as_the_schema_says() -> None:
     missing = await registry.call("scale", {})
     assert missing.error_kind == "permanent" and "x" in missing.content
     assert (await registry.call("scale", {"x": 3})).content == "3"
+
+
+@pytest.mark.parametrize("nest", [lambda m: m, lambda m: {"data": [m]}], ids=["alone", "nested"])
+async def test_a_mock_result_is_shown_by_its_text_at_once(nest: Any) -> None:
+    # A mock's `tolist()` gives a new mock, whose `tolist()` gives another: followed a
+    # thousand levels deep, rendering took seconds, the event loop blocked all along (a
+    # tool returning a patched client's reply, in a user's test).
+    from unittest import mock
+
+    reply = mock.MagicMock(name="client.get().json()")
+    registry = ar.ToolRegistry([ar.ToolSpec("fetch", "d", lambda a: nest(reply))])
+    observation = await registry.call("fetch", {})
+    assert observation.ok and "client.get().json()" in observation.content
+    assert reply.tolist.call_count == 1
+    assert reply.tolist.return_value.tolist.call_count == 0  # not followed

@@ -2539,7 +2539,12 @@ def _as_list(value: Any, tolist: Callable[[], Any]) -> Any:
         dtype: Any = getattr(value, "dtype", None)
         if getattr(dtype, "kind", None) == "f" and dtype.itemsize != 8:
             return _floats(value.astype(str).tolist())
-    return tolist()
+    listed = tolist()
+    if type(listed).__module__ != "numpy" and callable(getattr(listed, "tolist", None)):
+        # A `tolist` giving another object with one (a mock's gives a new mock at each
+        # call): followed, it went a thousand levels deep, seconds on the event loop.
+        return str(value)
+    return listed
 
 
 def _floats(texts: Any) -> Any:
