@@ -104,17 +104,24 @@ async def test_one_of_two_workers_journals_a_call_on_a_set_nx_backend() -> None:
     assert second is not None and second["state"] == "intent"  # found: it does not
 
 
-async def test_a_resume_claim_taken_meanwhile_is_refused_on_a_set_nx_backend() -> None:
-    backend = SetNx()
-    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+async def resumed_elsewhere(runtime: ar.AgentRuntime, backend: Any) -> CheckpointStore:
+    """Session "s1", its run interrupted, then resumed by another store (returned) that
+    holds its claim: a resume under way."""
 
     async def down(prompt: str) -> str:
         raise ConnectionError("model down")
 
     with pytest.raises(ConnectionError):
         await runtime.run_agent("a", "hi", down, session=runtime.create_session("a", "s1"))
-    holder = ar.persistence.checkpoints.CheckpointStore(backend)
-    await holder.claim_resumed(await holder.load("s1"))  # a resume under way here
+    holder = CheckpointStore(backend)
+    await holder.claim_resumed(await holder.load("s1"))
+    return holder
+
+
+async def test_a_resume_claim_taken_meanwhile_is_refused_on_a_set_nx_backend() -> None:
+    backend = SetNx()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    holder = await resumed_elsewhere(runtime, backend)
     with pytest.raises(ar.PersistenceError, match="is being resumed by another worker"):
         await runtime.resume("s1", answer)
     await holder.release("s1")
@@ -299,14 +306,7 @@ async def test_a_none_answer_is_named_only_in_the_refusal_it_caused() -> None:
     # honestly (redis-py's NX) was told it forgot a `return True`, for good.
     backend = SetNx()
     runtime = ar.AgentRuntime(checkpoint_backend=backend)
-
-    async def down(prompt: str) -> str:
-        raise ConnectionError("model down")
-
-    with pytest.raises(ConnectionError):
-        await runtime.run_agent("a", "hi", down, session=runtime.create_session("a", "s1"))
-    holder = CheckpointStore(backend)
-    await holder.claim_resumed(await holder.load("s1"))
+    holder = await resumed_elsewhere(runtime, backend)
     with pytest.raises(ar.PersistenceError, match="answered None here"):
         await runtime.resume("s1", answer)  # its claim's save_new answered None: refused
     await runtime.run_agent("a", "hi", answer, session=runtime.create_session("a", "s2"))
