@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,6 +14,21 @@ from test_redis_state import redis_url
 
 import llm_agent_runtime as ar
 from llm_agent_runtime.orchestration import redis_state
+
+# Each test runs with the default task factory and, from Python 3.12, with the eager one
+# (applications set it), under which an execution's task runs before `run` gets it back.
+TASK_FACTORIES: list[Any] = [None]
+if sys.version_info >= (3, 12):
+    TASK_FACTORIES.append(asyncio.eager_task_factory)
+
+
+@pytest.fixture(autouse=True, params=TASK_FACTORIES, ids=lambda f: "eager" if f else "lazy")
+async def task_factory(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(request.param)
+    yield
+    loop.set_task_factory(None)
+
 
 # -- Deduplicator -------------------------------------------------------------------------------
 
@@ -40,8 +56,9 @@ async def test_a_two_key_cycle_is_refused_and_the_other_execution_gets_its_resul
             refused.append(error)
             return 10
 
+    first = asyncio.ensure_future(dedup.run("a", a))
     outside = asyncio.ensure_future(dedup.run("b", b))  # a caller waiting on "b" meanwhile
-    assert await dedup.run("a", a) == 11
+    assert await first == 11
     assert await outside == 10
     [error] = refused
     assert str(error) == (
@@ -273,6 +290,55 @@ async def test_a_forgotten_execution_that_waits_is_told_apart_from_the_new_one()
         return int(await dedup.run("a", lambda: 5)) + 1
 
     assert await dedup.run("a", first_a) == 7
+    _assert_clean(dedup)
+
+
+@pytest.mark.timeout(10)
+async def test_an_execution_asking_for_its_own_key_at_once_is_refused() -> None:
+    # Before its first suspension: under an eager factory, before `run` had its task.
+    dedup = ar.Deduplicator(ttl=0)
+    calls = 0
+
+    async def fetch() -> int:
+        nonlocal calls
+        calls += 1
+        return int(await dedup.run("k", fetch))
+
+    with pytest.raises(RuntimeError, match="asked for that key itself"):
+        await dedup.run("k", fetch)
+    assert (calls, dedup.executions) == (1, 1)
+    _assert_clean(dedup)
+
+
+@pytest.mark.timeout(10)
+async def test_a_cycle_whose_first_wait_comes_at_once_is_refused() -> None:
+    dedup = ar.Deduplicator(ttl=0)
+
+    async def a() -> int:
+        return int(await dedup.run("b", b)) + 1  # at once
+
+    async def b() -> int:
+        await asyncio.sleep(0.01)
+        return int(await dedup.run("a", a)) + 1
+
+    with pytest.raises(RuntimeError, match=re.escape("'b' -> 'a' -> 'b'")):
+        await dedup.run("a", a)
+    _assert_clean(dedup)
+    assert await dedup.run("a", lambda: 5) == 5  # a later caller is not left waiting
+
+
+@pytest.mark.timeout(10)
+async def test_an_execution_that_ends_at_once_or_forgets_its_key_leaves_nothing_behind() -> None:
+    dedup = ar.Deduplicator(ttl=60)
+    assert await dedup.run("k", lambda: 1) == 1
+    assert await dedup.run("k", lambda: 2) == 1  # cached
+
+    async def forgetting() -> int:
+        dedup.forget("f")
+        return 3
+
+    assert await dedup.run("f", forgetting) == 3
+    assert await dedup.run("f", lambda: 4) == 4  # its result was not cached: forgotten
     _assert_clean(dedup)
 
 

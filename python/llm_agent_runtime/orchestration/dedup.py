@@ -240,7 +240,7 @@ class Deduplicator(CopiedWhole):
             self._refuse_cycle(current, key, task)
         if task is None:
             self.executions += 1
-            task = asyncio.ensure_future(call_maybe_async(fn, *args, **kwargs))
+            task = asyncio.ensure_future(self._execute(fn, args, kwargs))
             self._in_flight[key] = task
             self._keys[task] = key
             task.add_done_callback(lambda t: self._finish(key, t))
@@ -252,6 +252,18 @@ class Deduplicator(CopiedWhole):
             return await asyncio.shield(task)
         finally:
             del self._waits[current]
+
+    async def _execute(self, fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
+        """An execution: `fn(*args, **kwargs)`, in a task of its own, once `run` has the task.
+
+        Under an eager task factory (Python 3.12+) a task starts running inside
+        `ensure_future`: `fn` waits for the first turn of the loop instead, else a `run` it
+        made at once would find neither its own execution nor the wait on it (a self-wait
+        ran `fn` again without end, a cycle of waits hung).
+        """
+        if asyncio.current_task() not in self._keys:
+            await asyncio.sleep(0)
+        return await call_maybe_async(fn, *args, **kwargs)
 
     def _refuse_cycle(
         self, current: asyncio.Task[Any], key: Hashable, task: asyncio.Task[Any]
