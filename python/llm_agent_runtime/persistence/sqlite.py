@@ -489,15 +489,26 @@ class SqliteBackend(Unshared):
         """Closes the database connection; a second close does nothing.
 
         A call on the backend after it raises `PersistenceError`. Call it when done, or use
-        the backend as a context manager (`with` or `async with`): an unclosed connection
-        stays open until the backend is collected (Python 3.13 warns of it then, with a
-        `ResourceWarning`).
+        the backend as a context manager (`with` or `async with`): else the connection stays
+        open until the backend is collected, which closes it.
         """
         with self._lock:
             self._closed = True
             _OPEN.discard(self)
             if self._conn is not None:
                 self._conn.close()
+
+    def __del__(self) -> None:
+        # A backend made inline and never closed (`checkpoint_backend=SqliteBackend(...)`)
+        # closes its connection as it goes: nothing is pending in it (every write commits),
+        # and Python 3.13 would warn of the connection (a `ResourceWarning` naming no path).
+        # One a forked child inherited in use is not this one's (`_after_fork`).
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # a collection must not fail (at exit, say)
+                pass
 
     def __enter__(self) -> SqliteBackend:
         return self
