@@ -199,6 +199,23 @@ async def test_refunds_and_a_newcomer_in_one_turn_serve_it_exactly_on_time() -> 
     assert limiter.tokens("k") == 0.0
 
 
+async def test_a_waiter_owed_two_refunds_is_served_exactly_on_time() -> None:
+    # N reserved (due at 0.4) behind W1 and W2, who then give theirs back (0.1 and 0.2):
+    # 0.4 less each refund in turn rounded twice, serving it at 0.09999999999999998.
+    clock = HandClock()
+    limiter = ar.RateLimiter(rate=10.0, capacity=3.0, clock=clock)
+    assert limiter.try_acquire("k", 3.0)
+    queue = Queue(limiter, clock)
+    await queue.arrive("W1", 1.0)
+    await queue.arrive("W2", 2.0)
+    await queue.arrive("N", 1.0)
+    queue.tasks["W2"].cancel()
+    queue.tasks["W1"].cancel()
+    await clock.run()
+    assert await queue.until_served() == [("N", 0.1)]
+    assert limiter.tokens("k") == 0.0
+
+
 async def queue_wait(queue: Queue, name: str, tokens: float) -> None:
     await queue.limiter.acquire("k", tokens)
     queue.served.append((name, queue.clock.now()))

@@ -56,7 +56,12 @@ class _Waiter:
         if line is None or seq is None:
             return self._due
         moved = line.moved(seq) - self._moved
-        return self._due - moved / _UNITS_PER_SECOND if moved else self._due
+        if not moved or not math.isfinite(self._due):
+            return self._due
+        # Rounded once, from the exact units: `_due - moved / units` rounded twice, so that
+        # refunds settled one by one or together (or before or after it reserved) put it a
+        # bit apart (0.4 - (0.2 + 0.1) gave 0.09999999999999998, 0.2 - 0.1 gave 0.1).
+        return (_units(self._due) - moved) / _UNITS_PER_SECOND
 
     @due.setter
     def due(self, due: float) -> None:

@@ -505,10 +505,8 @@ class SqliteBackend(Unshared):
         # One a forked child inherited in use is not this one's (`_after_fork`).
         conn = getattr(self, "_conn", None)
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # a collection must not fail (at exit, say)
                 conn.close()
-            except Exception:  # a collection must not fail (at exit, say)
-                pass
 
     def __enter__(self) -> SqliteBackend:
         return self
