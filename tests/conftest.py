@@ -1,8 +1,13 @@
-"""Settings shared by every test."""
+"""Settings and fixtures shared by every test."""
 
+import asyncio
 import os
 import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 from hypothesis import settings
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
@@ -22,3 +27,19 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 # no NO_PROXY for 127.0.0.1) would get their requests, httpx reading it as clients do.
 for _name in [n for n in os.environ if n.lower() in _PROXY_VARIABLES]:
     del os.environ[_name]
+
+
+# Applications on Python 3.12+ may set asyncio's eager task factory, under which a new task
+# runs up to its first suspension inside `create_task`, before its creator has it back.
+TASK_FACTORIES: list[Any] = [None]
+if sys.version_info >= (3, 12):
+    TASK_FACTORIES.append(asyncio.eager_task_factory)
+
+
+@pytest.fixture(params=TASK_FACTORIES, ids=lambda f: "eager" if f else "lazy")
+async def task_factory(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Runs the test with the default task factory and, from Python 3.12, the eager one."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(request.param)
+    yield
+    loop.set_task_factory(None)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,19 +14,8 @@ from test_redis_state import redis_url
 import llm_agent_runtime as ar
 from llm_agent_runtime.orchestration import redis_state
 
-# Each test runs with the default task factory and, from Python 3.12, with the eager one
-# (applications set it), under which an execution's task runs before `run` gets it back.
-TASK_FACTORIES: list[Any] = [None]
-if sys.version_info >= (3, 12):
-    TASK_FACTORIES.append(asyncio.eager_task_factory)
-
-
-@pytest.fixture(autouse=True, params=TASK_FACTORIES, ids=lambda f: "eager" if f else "lazy")
-async def task_factory(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    loop = asyncio.get_running_loop()
-    loop.set_task_factory(request.param)
-    yield
-    loop.set_task_factory(None)
+# Each test runs with the default task factory and, from Python 3.12, the eager one.
+pytestmark = pytest.mark.usefixtures("task_factory")
 
 
 # -- Deduplicator -------------------------------------------------------------------------------

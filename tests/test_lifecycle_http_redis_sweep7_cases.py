@@ -121,6 +121,30 @@ async def test_breaker_updates_go_on_after_a_sweep_cancelled_the_writer_before_i
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("task_factory")
+async def test_an_update_made_after_a_sweep_cancelled_the_writer_as_it_wrote_is_written() -> None:
+    # The writer, cancelled by a sweep of every task (a shutdown handler's) as it wrote,
+    # cancelled the updates queued after its write too: the sweeping task's own, which no
+    # one cancelled, ended in CancelledError.
+    prefix = f"sweep7:{os.getpid()}:{time.time_ns()}:"
+    backend = ar.RedisCircuitStateBackend(redis_url(), prefix=prefix)
+    await backend.get("svc")  # a pooled connection, as in a running application
+    try:
+        first = asyncio.create_task(backend.update("svc", lambda state: state))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the writer has sent its read
+        _cancel_every_other_task()
+        async with asyncio.timeout(10):
+            old, new = await backend.update("svc", lambda state: state)
+        assert old == new
+        assert first.cancelled()
+        assert backend._writers == {} and backend._pending == {}
+    finally:
+        await backend.client.delete(prefix + "svc")
+        await backend.close()
+
+
+@pytest.mark.timeout(60)
 async def test_a_run_swept_as_it_publishes_gives_its_lease_back() -> None:
     # The publishing command, cancelled with its runner (before its first step), left the
     # lease taken: every caller of the key waited it out.

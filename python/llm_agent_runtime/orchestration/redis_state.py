@@ -185,7 +185,12 @@ class RedisCircuitStateBackend(Unshared):
         return await future
 
     def _start_writer(self, queue: _Queue) -> None:
-        """Starts the task writing the pending updates of `queue`."""
+        """Starts the task writing the pending updates of `queue`.
+
+        Under an eager task factory (`asyncio.eager_task_factory`, Python 3.12+)
+        `create_task` runs the writer's first step before it returns: `_write` then yields
+        once, so that the writer is registered below before it can end, as a lazy one is.
+        """
         writer = keep_alive(queue[0].create_task(self._write(queue)))
         self._writers[queue] = writer
         writer.add_done_callback(functools.partial(self._writer_done, queue))
@@ -197,9 +202,12 @@ class RedisCircuitStateBackend(Unshared):
         ran the `finally` that forgets it: every later update of its service on that loop
         waited for it, for ever. The updates queued meanwhile are written by a new one.
         """
-        if self._writers.get(queue) is not writer:
-            return  # it ran, and forgot itself
-        del self._writers[queue]
+        if self._writers.get(queue) is writer:
+            del self._writers[queue]
+        elif queue in self._writers:
+            return  # it ran and forgot itself, and a newer writer has the updates left
+        # Updates left: queued behind a writer cancelled before its first step, or, by
+        # callers not cancelled themselves, behind one cancelled while it wrote.
         if any(not future.done() for _, future in self._pending.get(queue, ())):
             self._start_writer(queue)
         else:
@@ -207,6 +215,14 @@ class RedisCircuitStateBackend(Unshared):
 
     async def _write(self, queue: _Queue) -> None:
         """Writes the pending updates of `queue`, a batch at a time, until none is left."""
+        if self._writers.get(queue) is not asyncio.current_task():
+            # Run eagerly, inside `create_task`, before `_start_writer` registered it: a
+            # write that failed before it waited for anything (a unix socket that is gone)
+            # ended here, and its `finally` forgot a writer not registered yet (KeyError),
+            # while the updates made in the same turn of the loop missed its first write.
+            # Yield once, where a lazy writer's first step starts; cancelled here, it is a
+            # writer cancelled before its first step (`_writer_done` starts another).
+            await asyncio.sleep(0)
         batch: list[_Update] = []
         try:
             while True:
@@ -215,9 +231,13 @@ class RedisCircuitStateBackend(Unshared):
                     return
                 await self._commit(queue, batch)
         except BaseException as error:
-            # No caller may wait for it forever: cancelled (its loop is closing), they are
-            # too; any other failure is theirs, as an update's error.
-            for _, future in batch + self._pending.pop(queue, []):
+            # No caller may wait for it forever: cancelled (its loop is closing), the callers
+            # of the write under way are too (it may have been made); the updates queued
+            # after it are left to a new writer (`_writer_done`): the callers a sweep of
+            # every task cancelled left theirs out, and one made since (by the sweeping
+            # task itself) is written. Any other failure is theirs, as an update's error.
+            left = [] if isinstance(error, asyncio.CancelledError) else self._pending.pop(queue, [])
+            for _, future in batch + left:
                 if future.done():
                     continue
                 if isinstance(error, Exception):
