@@ -1,12 +1,17 @@
-"""Small instruments shared by test files: a prompt recorder, a GIL probe, scripted replies."""
+"""Small instruments shared by test files: a prompt recorder, a GIL probe, a Ctrl-C timer,
+scripted replies."""
 
 from __future__ import annotations
 
+import _thread
+import gc
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import pytest
 
 import llm_agent_runtime as ar
 
@@ -63,6 +68,42 @@ def gil_released_during(op: Callable[[], object]) -> bool:
     finally:
         sys.setswitchinterval(interval)
     return resumed < times["ended"]
+
+
+def run_until_ctrl_c(run: Callable[[], object], after: float = 0.1) -> tuple[float, float]:
+    """Calls `run` over and over until a Ctrl-C, sent to the main thread `after` seconds in,
+    raises KeyboardInterrupt (within 60 s).
+
+    Returns the seconds from the start to the KeyboardInterrupt, and from the Ctrl-C to it.
+    The timer starts inside `pytest.raises`: on a loaded machine the Ctrl-C may come before
+    `run` does, and it must not end the test session. No collections meanwhile: a
+    KeyboardInterrupt raised in a gc callback (hypothesis leaves one installed) or a
+    finalizer cannot propagate, and the Ctrl-C would be lost.
+    """
+    sent: list[float] = []
+
+    def ctrl_c() -> None:
+        sent.append(time.perf_counter())
+        _thread.interrupt_main()
+
+    timer = threading.Timer(after, ctrl_c)
+    collecting = gc.isenabled()
+    gc.disable()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            timer.start()
+            give_up = start + 60.0
+            while time.perf_counter() < give_up:
+                run()
+        raised = time.perf_counter()
+    finally:
+        timer.cancel()
+        if timer.ident is not None:
+            timer.join()
+        if collecting:
+            gc.enable()
+    return raised - start, raised - sent[0]
 
 
 def native_reply(rounds: Sequence[Sequence[Any]], index: int, usage: ar.Usage) -> ar.ChatResponse:

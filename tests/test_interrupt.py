@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from probes import run_until_ctrl_c
 
 import llm_agent_runtime as ar
 
@@ -25,16 +26,7 @@ def test_communities_stops_on_ctrl_c_and_leaves_the_store_usable() -> None:
     n, m = 100_000, 400_000
     rnd = random.Random(0)
     g = ar.GraphStore.from_edge_list(n, [(rnd.randrange(n), rnd.randrange(n)) for _ in range(m)])
-    timer = threading.Timer(0.2, _thread.interrupt_main)
-    start = time.perf_counter()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            g.communities()
-        elapsed = time.perf_counter() - start
-    finally:
-        timer.cancel()
-        timer.join()
+    elapsed, _ = run_until_ctrl_c(g.communities, after=0.2)
     assert elapsed < 1.0
     # The store and its snapshot are as they were.
     assert g.entity_count() == n and g.relationship_count() == m
@@ -96,16 +88,7 @@ def test_betweenness_stops_on_ctrl_c_and_leaves_the_store_usable(
     # unnoticed until the run ended.
     n, m = 20_000, 80_000
     g, edges = _random_graph(n, m, seed=4)
-    timer = threading.Timer(0.2, _thread.interrupt_main)
-    start = time.perf_counter()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(g)
-        elapsed = time.perf_counter() - start
-    finally:
-        timer.cancel()
-        timer.join()
+    elapsed, _ = run_until_ctrl_c(lambda: run(g), after=0.2)
     assert elapsed < 1.0
     # The store and its snapshot are as they were (a few sources: one thread, exact sums).
     few = ["0", "1", "2"]

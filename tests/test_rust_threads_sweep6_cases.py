@@ -4,9 +4,7 @@ copies and pickles, and callbacks that call back into their store."""
 
 from __future__ import annotations
 
-import _thread
 import copy
-import gc
 import itertools
 import pickle
 import random
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from probes import gil_released_during
+from probes import gil_released_during, run_until_ctrl_c
 
 import llm_agent_runtime as ar
 
@@ -31,35 +29,9 @@ def _random_graph(n: int, m: int, seed: int) -> tuple[ar.GraphStore, set[tuple[s
 
 
 def _ctrl_c_delay(run: Callable[[], object]) -> float:
-    """Seconds from a Ctrl-C, sent by a timer thread while `run` is called over and over, to
-    the KeyboardInterrupt in this (the main) thread.
-
-    Repeated, so that the signal comes during a call however fast the machine is.
-    """
-    sent: list[float] = []
-
-    def ctrl_c() -> None:
-        sent.append(time.perf_counter())
-        _thread.interrupt_main()
-
-    timer = threading.Timer(0.1, ctrl_c)
-    # No collections meanwhile: a KeyboardInterrupt raised in a gc callback (hypothesis
-    # leaves one installed) or a finalizer cannot propagate, and the Ctrl-C would be lost.
-    collecting = gc.isenabled()
-    gc.disable()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            give_up = time.perf_counter() + 60.0
-            while time.perf_counter() < give_up:
-                run()
-        raised = time.perf_counter()
-    finally:
-        timer.cancel()
-        timer.join()
-        if collecting:
-            gc.enable()
-    return raised - sent[0]
+    """Seconds from a Ctrl-C, sent while `run` is called over and over, to the
+    KeyboardInterrupt in this (the main) thread."""
+    return run_until_ctrl_c(run)[1]
 
 
 # ------------------------------------------------------------------ Ctrl-C
