@@ -180,36 +180,25 @@ async def test_cancelling_many_waiters_at_once_moves_each_other_one_up_once() ->
     assert clock.sleeps <= len(names) + len(kept)  # each sleeps once, and once more moved up
 
 
-async def test_refunds_and_a_newcomer_in_one_turn_serve_it_exactly_on_time() -> None:
-    # W2 gives its reservation back, N arrives (seeing W2's refund), then W1 gives its
-    # back: settled together, N is owed W1's refund alone, to the last bit.
+@pytest.mark.parametrize("newcomer", ["between the refunds", "before them"])
+async def test_a_newcomer_owed_refunds_is_served_exactly_on_time(newcomer: str) -> None:
+    # Between: W2 gives its reservation back, N arrives (seeing W2's refund), then W1 gives
+    # its back: settled together, N is owed W1's refund alone, to the last bit. Before: N
+    # reserved (due at 0.4) behind both, who then give theirs back (0.2 and 0.1): 0.4 less
+    # each refund in turn rounded twice, serving it at 0.09999999999999998.
     clock = HandClock()
     limiter = ar.RateLimiter(rate=10.0, capacity=3.0, clock=clock)
     assert limiter.try_acquire("k", 3.0)
     queue = Queue(limiter, clock)
     await queue.arrive("W1", 1.0)
     await queue.arrive("W2", 2.0)
-    # In this order in the loop's next turn, before any refund is settled: W2's refund,
-    # N's reservation, W1's refund.
+    if newcomer == "before them":
+        await queue.arrive("N", 1.0)
     queue.tasks["W2"].cancel()
-    queue.tasks["N"] = asyncio.create_task(queue_wait(queue, "N", 1.0))
-    queue.tasks["W1"].cancel()
-    await clock.run()
-    assert await queue.until_served() == [("N", 0.1)]
-    assert limiter.tokens("k") == 0.0
-
-
-async def test_a_waiter_owed_two_refunds_is_served_exactly_on_time() -> None:
-    # N reserved (due at 0.4) behind W1 and W2, who then give theirs back (0.1 and 0.2):
-    # 0.4 less each refund in turn rounded twice, serving it at 0.09999999999999998.
-    clock = HandClock()
-    limiter = ar.RateLimiter(rate=10.0, capacity=3.0, clock=clock)
-    assert limiter.try_acquire("k", 3.0)
-    queue = Queue(limiter, clock)
-    await queue.arrive("W1", 1.0)
-    await queue.arrive("W2", 2.0)
-    await queue.arrive("N", 1.0)
-    queue.tasks["W2"].cancel()
+    if newcomer == "between the refunds":
+        # In this order in the loop's next turn, before any refund is settled: W2's refund,
+        # N's reservation, W1's refund.
+        queue.tasks["N"] = asyncio.create_task(queue_wait(queue, "N", 1.0))
     queue.tasks["W1"].cancel()
     await clock.run()
     assert await queue.until_served() == [("N", 0.1)]
