@@ -67,6 +67,7 @@ from llm_agent_runtime.orchestration._checks import (
     short_repr,
 )
 from llm_agent_runtime.providers.base import (
+    _CALLER_BILLING,
     INCOMPLETE_STOP_REASONS,
     PAUSE_STOP_REASONS,
     SAFETY_STOP_REASONS,
@@ -474,7 +475,10 @@ class AgentRuntime(Unshared):
         budget: Token / cost budget, checked before each model call and charged as soon as
             it returns (before the `on_post_llm` hooks): with its tokens, and with its cost
             as the provider priced it (`Usage.cost_usd`: give the provider its token
-            prices, e.g. `input_cost_per_million`).
+            prices, e.g. `input_cost_per_million`). A call the run cuts (at its
+            `loop_timeout_ms`, or a cancel) is charged the usage the server had reported,
+            including failed attempts its provider had billed (the package's providers
+            hand it over with `bill_caller`).
 
     Raises:
         AgentRuntimeError: On misconfiguration (wrong types, missing methods).
@@ -1739,6 +1743,7 @@ class AgentRuntime(Unshared):
         stops = self._stops
         perf = time.perf_counter
         metrics = self._metrics
+        bill = functools.partial(_charge_billed, metrics, budget)  # see `bill_caller`
         checkpoints = self._checkpoints
         task = current_task()  # the run's calls run in it: looked up once, not per call
         # A resumed run counts the steps it already took, and their re-prompts (each took an
@@ -1795,6 +1800,7 @@ class AgentRuntime(Unshared):
                     if budget is not None:  # a spent budget pays for no further model call
                         budget.check()
                     model_start = perf()
+                    billing = _CALLER_BILLING.set(bill)
                     try:
                         # Streamed only while someone listens (the event log keeps no delta).
                         if self._tracer is not None:
@@ -1813,6 +1819,8 @@ class AgentRuntime(Unshared):
                     except ProviderError as error:
                         _charge_refused_reply(error, metrics, budget)
                         raise
+                    finally:
+                        _CALLER_BILLING.reset(billing)
                     model_ms = (perf() - model_start) * 1000.0
                     if type(reply) is _ProviderReply:
                         usage = reply.usage
@@ -2047,6 +2055,7 @@ class AgentRuntime(Unshared):
         llm_attributes = _llm_attributes(_requested_model(model, provider))
         perf = time.perf_counter
         metrics = self._metrics
+        bill = functools.partial(_charge_billed, metrics, budget)  # see `bill_caller`
         checkpoints = self._checkpoints
         task = current_task()  # a round's single call runs in it: looked up once, not per call
         # A round's overhead runs from where the round before ended (its checkpoint write in).
@@ -2087,6 +2096,7 @@ class AgentRuntime(Unshared):
                     reasoning=saved.get("reasoning", ()),
                 )
             else:
+                billing = _CALLER_BILLING.set(bill)
                 try:
                     # An unstreamed call is the provider's own coroutine: one frame, not two.
                     if self._tracer is not None:
@@ -2121,6 +2131,8 @@ class AgentRuntime(Unshared):
                 except ProviderError as error:
                     _charge_refused_reply(error, metrics, budget)
                     raise
+                finally:
+                    _CALLER_BILLING.reset(billing)
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -4795,9 +4807,18 @@ def _charge_refused_reply(
     that is no `Usage`, or one the metrics or the budget refuse, is left uncharged: the
     provider's error is what the caller must see.
     """
-    usage = error.usage
-    if type(usage) is not Usage:
-        return
+    if type(error.usage) is Usage:
+        _charge_billed(metrics, budget, error.usage)
+
+
+def _charge_billed(metrics: RuntimeMetrics, budget: CostBudget | None, usage: Usage) -> None:
+    """Charges the run for a model call's billed `usage` it got no reply for.
+
+    That of a refused reply (see `_charge_refused_reply`), or one a provider hands over with
+    `bill_caller`: a call the run closed (at its deadline) or cancelled after the usage came.
+    One the metrics or the budget refuse is left uncharged, as the call's end is what the
+    caller must see.
+    """
     with contextlib.suppress(AgentRuntimeError):
         if budget is not None and usage.cost_usd != 0.0:  # before anything is charged
             _check_cost(usage)

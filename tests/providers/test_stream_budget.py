@@ -10,9 +10,11 @@ import pytest
 
 from llm_agent_runtime import (
     AgentConfig,
+    AgentLoopError,
     AgentRuntime,
     BudgetExceededError,
     CostBudget,
+    LlmTextDelta,
     ProviderError,
     RetryPolicy,
     StreamEnd,
@@ -207,3 +209,100 @@ async def test_a_stream_its_provider_closes_holds_what_was_billed(
         await task
     usage = caught.value.usage
     assert usage is not None and usage.input_tokens == (1000 if retried else 500)
+
+
+def _stalled_after_usage(kind: str) -> Reply:
+    """A stream that reports 500 input tokens and a first piece of text, then stalls (5 s)
+    before its end: a run's deadline or a cancel cuts it after the usage came."""
+    if kind == "openai":
+        frames = [
+            sse({"model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}),
+            sse({"model": "m", "choices": [], "usage": {"prompt_tokens": 500}}),
+            sse({"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            b"data: [DONE]\n\n",
+        ]
+    else:
+        frames = [
+            anthropic_event(
+                "message_start",
+                message={"model": "m", "content": [], "usage": {"input_tokens": 500}},
+            ),
+            anthropic_event(
+                "content_block_start", index=0, content_block={"type": "text", "text": ""}
+            ),
+            anthropic_event(
+                "content_block_delta", index=0, delta={"type": "text_delta", "text": "hi"}
+            ),
+            anthropic_event("message_stop"),
+        ]
+    return Reply(
+        frames=frames,
+        headers={"content-type": "text/event-stream"},
+        pause_after=len(frames) - 1 if kind == "anthropic" else 2,
+        pause=5.0,
+    )
+
+
+@pytest.mark.parametrize("retried", [False, True], ids=["first attempt", "retried"])
+@pytest.mark.parametrize("cut", ["deadline", "cancel"])
+@pytest.mark.parametrize("mode", ["tools", "react"])
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_runs_budget_counts_a_stream_it_cut_after_the_usage_came(
+    kind: str, mode: str, cut: str, retried: bool, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # The provider charged it to its own metrics only: the run's budget, the one the docs
+    # say to use in a runtime, never paid for the prompt the server billed.
+    server.script(*([_billed_then_failed(kind)] if retried else []), _stalled_after_usage(kind))
+    budget = CostBudget()
+    timeout = {"loop_timeout_ms": 300} if cut == "deadline" else {}
+    runtime = AgentRuntime(AgentConfig(mode=mode, **timeout), budget=budget)
+    run: asyncio.Future[object] | None = None
+
+    def on_event(event: object) -> None:
+        if cut == "cancel" and isinstance(event, LlmTextDelta) and run is not None:
+            run.cancel()
+
+    runtime.events.on(on_event)  # a listener: the runtime streams
+    async with make_provider(kind, server, retry=retry) as llm:
+        run = asyncio.ensure_future(runtime.run_agent_with_provider("a", "hi", llm))
+        with pytest.raises(asyncio.CancelledError if cut == "cancel" else AgentLoopError):
+            await run
+    billed = 1000 if retried else 500
+    assert budget.used_tokens == billed
+    assert runtime.metrics.snapshot().input_tokens == billed
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_runs_budget_counts_a_billed_attempt_its_deadline_cut_the_retry_of(
+    stream: bool, server: FakeLlmServer
+) -> None:
+    # The run ends while its provider waits to try a billed, failed attempt again: no reply
+    # and no error was left to bring the attempt's usage back to the run.
+    server.script(_billed_then_failed("openai") if stream else _failed_choice(), Turn("answer"))
+    budget = CostBudget()
+    runtime = AgentRuntime(AgentConfig(mode="tools", loop_timeout_ms=300), budget=budget)
+    if stream:
+        runtime.events.on(lambda event: None)
+    slow = RetryPolicy(max_attempts=2, base_delay=30.0, jitter=False)
+    async with make_provider("openai", server, retry=slow) as llm:
+        with pytest.raises(AgentLoopError):
+            await runtime.run_agent_with_provider("a", "hi", llm)
+    assert len(server.requests) == 1
+    assert budget.used_tokens == (500 if stream else 110)
+    assert runtime.metrics.snapshot().input_tokens == (500 if stream else 100)
+
+
+async def test_a_stream_read_to_its_end_is_charged_once(
+    server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # Closed by the run once its reply came: nothing is billed a second time.
+    server.script(
+        _billed_then_failed("anthropic"), Turn("Final Answer: 42", input_tokens=20, output_tokens=3)
+    )
+    budget = CostBudget()
+    runtime = AgentRuntime(AgentConfig(mode="react"), budget=budget)
+    runtime.events.on(lambda event: None)
+    async with make_provider("anthropic", server, retry=retry) as llm:
+        session = await runtime.run_agent_with_provider("a", "hi", llm)
+    assert session.final_answer == "42"
+    assert budget.used_tokens == 523

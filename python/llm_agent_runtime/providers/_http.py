@@ -62,6 +62,7 @@ from llm_agent_runtime.providers.base import (
     ToolCallDelta,
     ToolDefinition,
     Usage,
+    bill_caller,
     check_conversation,
     check_stop,  # openai and anthropic take it from here, with the rest of the wire helpers
     token_limit,
@@ -2185,6 +2186,10 @@ class HttpTransport:
             if billed:  # the last attempt's own included (the error raised may be another)
                 exc.usage = usage_sum(billed)
             raise
+        except BaseException:
+            if billed:  # cancelled (while waiting to try again, say): no error carries them
+                bill_caller(usage_sum(billed))
+            raise
         if retried is not None:
             retried.extend(billed)
         return result
@@ -2411,10 +2416,16 @@ class HttpTransport:
         retried: list[Usage] = []
         first, stream = await self._with_retries(first_item, retried=retried)
         try:
-            yield _with_retried(first, retried) if retried else first
+            item = first
             try:
-                async for item in stream:
-                    yield _with_retried(item, retried) if retried else item
+                while True:
+                    if retried and type(item) is StreamEnd:  # its usage counts them
+                        item = _with_retried(item, retried)
+                        retried = []  # paid for: the reply carries them
+                    yield item
+                    item = await stream.__anext__()
+            except StopAsyncIteration:
+                return
             except ProviderError as exc:
                 closed = self._closed_error(exc)
                 if retried or closed is not None:  # the error raised holds what was billed
@@ -2422,6 +2433,10 @@ class HttpTransport:
                 if closed is None:
                     raise
                 raise closed from exc
+            except BaseException:
+                if retried:  # closed or cancelled before its end: no reply carries them
+                    bill_caller(usage_sum(retried))
+                raise
         finally:
             await _aclose(stream)
 
@@ -2522,12 +2537,9 @@ def _with_billed(raised: ProviderError, failed: ProviderError, retried: list[Usa
         raised.response = replace(response, usage=usage)  # type: ignore[attr-defined]
 
 
-def _with_retried(event: StreamEvent, retried: list[Usage]) -> StreamEvent:
-    """`event`, whose response (a `StreamEnd`'s) counts the usage of the attempts `retried`."""
-    if type(event) is not StreamEnd:
-        return event
-    usage = usage_sum([*retried, event.response.usage])
-    return StreamEnd(replace(event.response, usage=usage))
+def _with_retried(end: StreamEnd, retried: list[Usage]) -> StreamEnd:
+    """`end`, whose response counts the usage of the attempts `retried`."""
+    return StreamEnd(replace(end.response, usage=usage_sum([*retried, end.response.usage])))
 
 
 def _is_event_stream(content_type: str) -> bool:

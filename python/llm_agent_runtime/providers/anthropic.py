@@ -54,6 +54,7 @@ from llm_agent_runtime.providers.base import (
     ToolCallDelta,
     ToolDefinition,
     Usage,
+    bill_caller,
     checked_arguments,
     token_limit,
     usage_sum,
@@ -553,7 +554,8 @@ class AnthropicProvider(HttpProvider):
     ) -> AsyncIterator[StreamEvent]:
         """Streams a response as `TextDelta` / `ToolCallDelta` events, ending with `StreamEnd`.
 
-        Usage the stream reported before it failed (or was closed) is charged all the same.
+        Usage the stream reported before it failed (or was closed) is charged all the same
+        (and, when closed or cancelled, handed to the runtime's run that made the call).
         Half a surrogate pair that ends a piece of text (an emoji a server cut in two) waits
         for its other half in the next one; a half alone becomes U+FFFD (see `clean_text`).
         So it does in the pieces of a tool call's arguments, and a call's id and name are
@@ -806,6 +808,8 @@ class AnthropicProvider(HttpProvider):
             # (charged here, or above before its tool calls failed).
             if owed:
                 self._transport.charge_unfinished(usage)
+                if not isinstance(error, ProviderError):  # closed or cancelled: no error holds it
+                    bill_caller(usage)
             if reported and isinstance(error, ProviderError):
                 error.usage = usage
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -362,6 +363,27 @@ _USAGE_COUNTS = (
     "cache_write_1h_tokens",
     "reasoning_tokens",
 )
+
+
+_CALLER_BILLING: ContextVar[Callable[[Usage], None] | None] = ContextVar(
+    "llm_agent_runtime_caller_billing", default=None
+)
+"""Where `bill_caller` hands usage: set by a run around each of its model calls."""
+
+
+def bill_caller(usage: Usage) -> None:
+    """Hands the caller of a model call usage billed that no reply or error will carry back.
+
+    That is usage of a call closed or cancelled after it came: a stream cut by a run's
+    deadline, a cancel while waiting to try a failed attempt again (a `ProviderError`
+    carries its own in `usage`).
+
+    A runtime's run charges it to its own budget and metrics, as it charges a reply; with
+    no run around the call, the provider's own accounting is all there is.
+    """
+    sink = _CALLER_BILLING.get()
+    if sink is not None:
+        sink(usage)
 
 
 def usage_sum(usages: Iterable[Usage]) -> Usage:

@@ -58,6 +58,7 @@ from llm_agent_runtime.providers.base import (
     ToolCallDelta,
     ToolDefinition,
     Usage,
+    bill_caller,
     checked_arguments,
     usage_sum,
 )
@@ -564,7 +565,8 @@ class OpenAIProvider(HttpProvider):
         """Streams a response as `TextDelta` / `ToolCallDelta` events, ending with `StreamEnd`.
 
         Usage comes from `stream_options.include_usage` (unless `stream_usage` is off); usage
-        the stream reported before it failed (or was closed) is charged all the same. Half a
+        the stream reported before it failed (or was closed) is charged all the same (and,
+        when closed or cancelled, handed to the runtime's run that made the call). Half a
         surrogate pair that ends a piece of text (an emoji a server cut in two) waits for its
         other half in the next one; a half alone becomes U+FFFD (see `clean_text`). So it does
         in the pieces of a tool call's name and arguments, and a call's id is cleaned as it
@@ -828,6 +830,8 @@ class OpenAIProvider(HttpProvider):
             # (charged here, or above before its tool calls failed).
             if owed:
                 self._transport.charge_unfinished(usage)
+                if not isinstance(error, ProviderError):  # closed or cancelled: no error holds it
+                    bill_caller(usage)
             if reported and isinstance(error, ProviderError):
                 error.usage = usage
             raise
