@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import types
+import typing
 import uuid
 import warnings
 from collections.abc import (
@@ -56,6 +57,7 @@ from typing import (
     overload,
 )
 
+import typing_extensions
 from annotated_types import BaseMetadata
 from pydantic import (
     AfterValidator,
@@ -76,7 +78,7 @@ from pydantic_core import (
     core_schema,
     to_jsonable_python,
 )
-from typing_extensions import TypedDict
+from typing_extensions import TypedDict, is_typeddict
 
 from llm_agent_runtime._cancelling import CANCEL_COUNTS_EXACT, cancellations_so_far
 from llm_agent_runtime._core import dicts_with_keys_made_text, tuple_of
@@ -1476,6 +1478,141 @@ def _signature(fn: Any, tool_name: str, fixed: Collection[str] = ()) -> inspect.
     return raw.replace(parameters=params, return_annotation=inspect.Signature.empty)
 
 
+class _NotPassed:
+    """The default of a TypedDict key that is not required: omitted, it is not passed."""
+
+    def __repr__(self) -> str:
+        return "<not passed>"
+
+
+# No JSON form: the schema shows no default for such a key.
+_NOT_PASSED: Any = _NotPassed()
+
+# `Unpack` and the qualifiers of a TypedDict's keys, as `typing` and `typing_extensions` spell
+# them (`ReadOnly` is in `typing` from Python 3.13, in `typing_extensions` from 4.9).
+_UNPACK = (typing.Unpack, typing_extensions.Unpack)
+_KEY_QUALIFIERS = tuple(
+    form
+    for name in ("Required", "NotRequired", "ReadOnly")
+    for module in (typing, typing_extensions)
+    if (form := getattr(module, name, None)) is not None
+)
+
+
+def _key_type(annotation: Any) -> tuple[Any, set[Any]]:
+    """A TypedDict key's type without its qualifiers (also inside `Annotated`), and those.
+
+    The qualifiers are `Required`, `NotRequired` and `ReadOnly`, which say nothing of the
+    key's value: pydantic unwraps them so.
+    """
+    qualifiers: set[Any] = set()
+    metadata: tuple[Any, ...] = ()
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:  # `Annotated[Required[int], ...]`: the metadata is kept
+            metadata = (*annotation.__metadata__, *metadata)
+            annotation = annotation.__origin__
+        elif origin in _KEY_QUALIFIERS:
+            qualifiers.add(origin)
+            annotation = get_args(annotation)[0]
+        else:
+            break
+    return (Annotated[(annotation, *metadata)] if metadata else annotation), qualifiers
+
+
+def _unpacked_keywords(
+    tool_name: str, signature: inspect.Signature, hidden: Collection[str]
+) -> inspect.Signature:
+    """`signature` with `**kwargs: Unpack[SomeTypedDict]` (PEP 692) made a parameter per key.
+
+    The keys are keyword-only parameters, after the named ones, in the TypedDict's order:
+    they are shown, checked, described and fixed by a partial as parameters are. A key that
+    is not required (by the TypedDict's totality, `Required[...]` and `NotRequired[...]`, as
+    pydantic reads them) defaults to `_NOT_PASSED`: omitted, it is not passed, and the
+    function's kwargs lack it; unless its `Field` has a default, which is filled in then, as
+    pydantic's `validate_call` fills it in. A TypedDict with `extra_items` (PEP 728) keeps
+    **kwargs, of that type.
+
+    Raises:
+        ToolError: When `Unpack` holds no TypedDict class, or one with a pydantic config
+            (which its keys, checked one by one, would not follow), or its annotations
+            cannot be resolved; when a key has the name of a parameter (or of one in
+            `hidden`, which the function takes though `signature` does not show it): a
+            call could not pass both; when a key's name is no Python parameter's (`from`),
+            or it is hidden by `SkipJsonSchema` though a call would have to pass it.
+    """
+    kind = inspect.Parameter
+    params = list(signature.parameters.values())
+    if not params or params[-1].kind is not kind.VAR_KEYWORD:
+        return signature
+    var_keyword = params[-1]
+    if get_origin(var_keyword.annotation) not in _UNPACK:
+        return signature
+    typed_dict = get_args(var_keyword.annotation)[0]
+    what = getattr(typed_dict, "__qualname__", None) or repr(typed_dict)
+    where = f"cannot make tool {tool_name!r}: **{var_keyword.name}: Unpack[{what}]"
+    if not is_typeddict(typed_dict):
+        raise ToolError(
+            f"{where} unpacks {what}, which is no TypedDict class (PEP 692 unpacks a "
+            "TypedDict's keys into keyword arguments)",
+            tool=tool_name,
+        )
+    if getattr(typed_dict, "__pydantic_config__", None) is not None:
+        raise ToolError(
+            f"{where}: the pydantic config of {what} would not apply to its keys, each "
+            "checked as a parameter; give the keys' types their own settings "
+            "(`Annotated[int, Strict()]`, say)",
+            tool=tool_name,
+        )
+    try:
+        hints = get_type_hints(typed_dict, include_extras=True)
+    except Exception as error:
+        raise ToolError(
+            f"{where}: the annotations of {what} cannot be resolved "
+            f"({_describe(error, with_type=True)})",
+            tool=tool_name,
+        ) from error
+    taken = set(signature.parameters) | set(hidden)
+    keys: list[inspect.Parameter] = []
+    for key, hint in hints.items():
+        if key in taken:
+            raise ToolError(
+                f"{where}: key {key!r} of {what} has the name of parameter {key!r} (a call "
+                "could not pass both); rename one of them",
+                tool=tool_name,
+            )
+        annotation, qualifiers = _key_type(hint)
+        required = (
+            key in typed_dict.__required_keys__ or typing.Required in qualifiers
+        ) and typing.NotRequired not in qualifiers
+        metadata = getattr(annotation, "__metadata__", ())
+        has_default = any(isinstance(m, FieldInfo) and not m.is_required() for m in metadata)
+        if _skips_schema(annotation) and (required or has_default):
+            raise ToolError(
+                f"{where}: key {key!r} of {what} is hidden from the model (SkipJsonSchema), "
+                "which can then never pass it; make it NotRequired, with no `Field` default "
+                "(a hidden key is never passed)",
+                tool=tool_name,
+            )
+        default = kind.empty if required or has_default else _NOT_PASSED
+        try:
+            keys.append(
+                inspect.Parameter(key, kind.KEYWORD_ONLY, default=default, annotation=annotation)
+            )
+        except ValueError as error:  # a keyword (`from`), or no identifier
+            raise ToolError(
+                f"{where}: key {key!r} of {what} is no Python parameter name, which a "
+                "tool's keys must be; name it otherwise, with the alias "
+                f"`Annotated[..., Field(alias={key!r})]`",
+                tool=tool_name,
+            ) from error
+    extra = getattr(typed_dict, "__extra_items__", None)
+    no_extra = (None, getattr(typing_extensions, "NoExtraItems", None), typing.Never)
+    if all(extra is not n for n in no_extra):  # PEP 728's `extra_items=T`: **kwargs of T
+        keys.append(var_keyword.replace(annotation=_key_type(extra)[0]))
+    return signature.replace(parameters=[*params[:-1], *keys])
+
+
 def _tool_at(module: str, qualname: str) -> ToolSpec:
     """The `ToolSpec` named `qualname` in `module` (imported if need be).
 
@@ -1570,7 +1707,18 @@ def tool(
     sees another's); any other default object is the function's own, shared by every call
     as Python shares it. Positional-only parameters are passed positionally;
     `*args: T` is an optional argument holding a list of `T`; `**kwargs: T` lets the model
-    pass further arguments of type `T`. Functions, bound methods, `functools.partial`
+    pass further arguments of type `T`. `**kwargs: Unpack[SomeTypedDict]` (PEP 692; `Unpack`,
+    `Required`, `NotRequired` and `ReadOnly` from `typing` or `typing_extensions`) makes each
+    key an argument, after the named ones in the TypedDict's order, typed and required as the
+    TypedDict says (`ReadOnly` is ignored), as a keyword-only parameter would be: its
+    `Annotated[..., Field(...)]` constraints, alias and default apply, its docstring
+    description is shown; no other key is taken (unless the TypedDict has `extra_items=T`:
+    further arguments of type `T`). A key the model omits is not passed (the function's
+    kwargs lack it), unless its `Field` has a default. A key fixed by a partial, or hidden by
+    `SkipJsonSchema` (a key that is not required, with no `Field` default), is never passed by
+    the model, as such a parameter; a key named `idempotency_key` receives the call's key.
+    pydantic's `validate_call` reads such a signature the same way, but ignores an unknown key,
+    which a tool refuses. Functions, bound methods, `functools.partial`
     objects (arguments the partial fixes by keyword are not shown to the model, nor taken
     from it, not even through `**kwargs`) and callable objects can be tools. A parameter
     whose `Field` has an alias (or a validation alias) goes by it, in the schema and in the
@@ -1590,7 +1738,8 @@ def tool(
         timeout: Per-call timeout in seconds.
         circuit_breaker: Optional breaker for this tool.
         idempotent: Calls may be repeated safely (see `ToolSpec`). A function with a parameter
-            named `idempotency_key` receives the call's key, and is not shown that parameter.
+            named `idempotency_key` (or such a key in `**kwargs: Unpack[...]`) receives the
+            call's key, and is not shown that parameter.
 
     Returns:
         A `ToolSpec`, or a decorator producing one. A spec made at a module's top level
@@ -1607,7 +1756,11 @@ def tool(
             refuses others: an alias can rename it), or by a validation alias with no path of
             a single key (`AliasPath("config", "limit")`, which no schema can show), or is
             hidden by `SkipJsonSchema` with no default in the signature (or a `Field(...)`
-            there); the message names the parameter. Also
+            there); the message names the parameter. When `**kwargs: Unpack[...]` holds no
+            TypedDict class, or one with a pydantic config (`with_config`, which its keys,
+            checked as parameters, would not follow), or one with a key named as a parameter
+            (a call could not pass both), a key no Python parameter can be named (`from`: an
+            alias can give it that name), or a required key hidden by `SkipJsonSchema`. Also
             when the function is a generator (return a list instead), is a method decorated
             in its class body or taken from its class (use the bound method:
             `tool(instance.method)`; for a classmethod, `tool(TheClass.method)` after the
@@ -1643,6 +1796,9 @@ def tool(
         fixed = _partial_keywords(func)
         signature = _signature(func, tool_name, fixed)
         _refuse_unbound_method(tool_name, base, signature, fixed)
+        hidden = _hidden_parameters(func, signature)
+        # The function's parameters, with those `**kwargs: Unpack[SomeTypedDict]` stands for.
+        unpacked = _unpacked_keywords(tool_name, signature, hidden)
         kind = inspect.Parameter
         model_fields: dict[str, Any] = {}
         typed_fields: dict[str, Any] = {}
@@ -1662,8 +1818,8 @@ def tool(
         # Keyword parameters the model is not shown, which **kwargs must not take (see
         # `_schema_and_check`): those a partial fixes, a bound method's first, and those
         # hidden below.
-        unshown = set(fixed) | _hidden_parameters(func, signature)
-        params = [p for p in signature.parameters.values() if p.name not in fixed]
+        unshown = set(fixed) | hidden
+        params = [p for p in unpacked.parameters.values() if p.name not in fixed]
         takes_var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
         for index, param in enumerate(params):
             pname = param.name
@@ -1706,7 +1862,9 @@ def tool(
                 infos.append(default)
             if infos:  # pydantic's own merge, to refuse conflicts and see `validate_default`
                 merged = _merged_field(tool_name, pname, annotation, default)
-                if merged.validate_default and merged.default is not PydanticUndefined:
+                # A key's `_NOT_PASSED` is never filled in, so never validated.
+                no_default = (PydanticUndefined, _NOT_PASSED)
+                if merged.validate_default and all(merged.default is not d for d in no_default):
                     validated_defaults[pname] = merged.default
             # A parameter with an alias of its own goes by its alias, in the schema and the
             # validator alike (which hands the value over under the parameter's name).
@@ -1730,8 +1888,9 @@ def tool(
                 # function, which would get Ellipsis.
                 model_fields[field] = (annotation, Field(**named))
                 typed = typed_fields[pname] = annotation
-            elif _empty_container(default) or any(
-                not info.is_required() or info.validate_default for info in infos
+            elif default is not _NOT_PASSED and (
+                _empty_container(default)
+                or any(not info.is_required() or info.validate_default for info in infos)
             ):
                 # As in pydantic, the signature's default replaces one in `Annotated` (and
                 # `validate_default` validates it): the validator fills it in. So too an
@@ -1741,7 +1900,7 @@ def tool(
                 typed = Annotated[annotation, Field(default=default)]
                 typed_fields[pname] = NotRequired[typed]
                 fills_defaults = True
-            else:  # left to the function itself when omitted
+            else:  # left to the function itself when omitted (a TypedDict key: not passed)
                 model_fields[field] = (annotation, Field(default, **named))
                 typed = annotation
                 typed_fields[pname] = NotRequired[annotation]
@@ -1790,7 +1949,13 @@ def tool(
         # A misspelled name in the docstring would leave its parameter undescribed, silently.
         # A parameter the model is not shown (fixed by a partial, the idempotency key) may
         # still be documented: the docstring is the function's, under any partial.
-        stray = [n for n in arg_docs if n not in signature.parameters and n not in properties]
+        stray = [
+            n
+            for n in arg_docs
+            if n not in signature.parameters
+            and n not in unpacked.parameters
+            and n not in properties
+        ]
         if stray and base is not func:
             with contextlib.suppress(TypeError, ValueError):
                 own = inspect.signature(base).parameters
@@ -1799,7 +1964,7 @@ def tool(
             warnings.warn(
                 f"tool {tool_name!r}: its docstring describes {', '.join(map(repr, stray))}, "
                 f"which is not a parameter (the parameters are: "
-                f"{', '.join(signature.parameters) or 'none'}); that description is not shown",
+                f"{', '.join(unpacked.parameters) or 'none'}); that description is not shown",
                 UserWarning,
                 stacklevel=3 if fn is not None else 2,  # the line that makes the tool
             )
@@ -1837,7 +2002,7 @@ def tool(
             timeout=timeout,
             circuit_breaker=circuit_breaker,
             idempotent=idempotent,
-            takes_idempotency_key=IDEMPOTENCY_KEY in signature.parameters
+            takes_idempotency_key=IDEMPOTENCY_KEY in unpacked.parameters
             and IDEMPOTENCY_KEY not in fixed,
         )
         # The fast check, for most tools pydantic's core validator itself: the registry tries
