@@ -402,3 +402,81 @@ async def test_accepted_and_refused_as_pydantics_validate_call(arguments: dict[s
         assert result.error_kind == "permanent"
     else:
         assert result == ar.Observation(expected, None)
+
+
+T = typing.TypeVar("T")
+
+
+class Page(TypedDict, typing.Generic[T]):
+    items: list[T]
+    cursor: NotRequired[T]
+
+
+def _page_of_ints(**page: Unpack[Page[int]]) -> str:
+    """Lists a page."""
+    return repr(page)
+
+
+async def test_a_generic_typeddict_takes_its_type_arguments() -> None:
+    # Refused before: `Page[int]` is no class, and the message said `Page` was no TypedDict.
+    paged = ar.tool(_page_of_ints)
+    assert paged.parameters["properties"] == {
+        "items": {"items": {"type": "integer"}, "type": "array"},
+        "cursor": {"type": "integer"},
+    }
+    assert (await call(paged, {"items": ["1", 2], "cursor": 3})).content == (
+        "{'items': [1, 2], 'cursor': 3}"
+    )
+    refused = await call(paged, {"items": ["a"]})
+    assert refused.error_kind == "permanent" and "items.0" in refused.content
+
+
+async def test_a_recursive_typeddict_of_a_function_names_itself() -> None:
+    class Node(TypedDict):
+        name: str
+        kids: NotRequired[list[Node]]
+
+    def tree(**node: Any) -> str:
+        """Stores a tree."""
+        return repr(node)
+
+    tree.__annotations__ = {"node": Unpack[Node], "return": str}  # as without the future import
+    spec = ar.tool(tree)
+    given = {"name": "a", "kids": [{"name": "b", "kids": []}]}
+    assert (await call(spec, given)).content == repr(given)
+    assert (await call(spec, {"name": "a", "kids": [{}]})).error_kind == "permanent"
+
+
+class _SelfKey(TypedDict):
+    self: str
+
+
+class _Poster:
+    def __call__(self, **keys: Unpack[_SelfKey]) -> str:
+        return repr(keys)
+
+
+class _Record:
+    def __init__(self, **keys: Unpack[_SelfKey]) -> None:
+        self.keys = keys
+
+
+@pytest.mark.parametrize("fn", [_Poster(), _Record], ids=["callable object", "class"])
+def test_a_key_named_as_the_self_of_a_callable_object_or_class_is_refused(fn: Any) -> None:
+    # Shown to the model as required, it failed every call ("multiple values for 'self'").
+    with pytest.raises(ar.ToolError, match="key 'self' of _SelfKey has the name of parameter"):
+        ar.tool(fn, name="post")
+
+
+async def test_plain_kwargs_of_a_callable_object_refuse_its_self() -> None:
+    class Plain:
+        def __call__(self, **extra: int) -> str:
+            return repr(extra)
+
+    spec = ar.tool(Plain(), name="plain")
+    refused = await call(spec, {"self": 1})
+    # Refused as an argument the tool sets, not run into "multiple values for 'self'".
+    assert refused == ar.Observation(
+        "error: invalid arguments: self: unexpected argument (the tool sets it)", "permanent"
+    )
+    assert (await call(spec, {"n": 1})).content == "{'n': 1}"

@@ -1386,10 +1386,16 @@ def _partial_keywords(fn: Any) -> set[str]:
 def _hidden_parameters(func: Any, signature: inspect.Signature) -> set[str]:
     """Keyword parameters of the function under `func` that `signature` does not show.
 
-    A bound method's first (`self`, `cls`) and those a partial fixes by position: their
+    A bound method's first (`self`, `cls`), so too a callable object's `__call__`'s and a
+    class's `__init__`'s, and those a partial fixes by position: their
     values are bound already, so one passed again through `**kwargs` would fail the call.
     """
     inner = _base_callable(func)
+    if isinstance(inner, type):  # a class: its `__init__` (or `__new__`) takes `self`
+        init = inner.__init__  # type: ignore[misc]  # the class's own, read from the class
+        inner = init if init is not object.__init__ else inner.__new__
+    elif not inspect.isroutine(inner):  # a callable object: its `__call__` takes `self`
+        inner = type(inner).__call__
     inner = getattr(inner, "__func__", inner)  # a bound method's function
     try:
         own = inspect.signature(inner).parameters
@@ -1548,8 +1554,15 @@ def _unpacked_keywords(
     var_keyword = params[-1]
     if get_origin(var_keyword.annotation) not in _UNPACK:
         return signature
-    typed_dict = get_args(var_keyword.annotation)[0]
-    what = getattr(typed_dict, "__qualname__", None) or repr(typed_dict)
+    unpacked = get_args(var_keyword.annotation)[0]
+    # A generic TypedDict given its type arguments (`Page[int]`): its class, and what each
+    # of its type variables stands for.
+    typed_dict = get_origin(unpacked) or unpacked
+    bound = dict(zip(getattr(typed_dict, "__parameters__", ()), get_args(unpacked), strict=False))
+    what = getattr(typed_dict, "__qualname__", repr(typed_dict))
+    if bound:
+        names = (a.__qualname__ if isinstance(a, type) else repr(a) for a in bound.values())
+        what += f"[{', '.join(names)}]"
     where = f"cannot make tool {tool_name!r}: **{var_keyword.name}: Unpack[{what}]"
     if not is_typeddict(typed_dict):
         raise ToolError(
@@ -1565,7 +1578,9 @@ def _unpacked_keywords(
             tool=tool_name,
         )
     try:
-        hints = get_type_hints(typed_dict, include_extras=True)
+        # Its own name resolves: a recursive TypedDict defined in a function names itself.
+        local = {getattr(typed_dict, "__name__", ""): typed_dict}
+        hints = get_type_hints(typed_dict, localns=local, include_extras=True)
     except Exception as error:
         raise ToolError(
             f"{where}: the annotations of {what} cannot be resolved "
@@ -1575,6 +1590,8 @@ def _unpacked_keywords(
     taken = set(signature.parameters) | set(hidden)
     keys: list[inspect.Parameter] = []
     for key, hint in hints.items():
+        if bound:
+            hint = _with_type_arguments(hint, bound)
         if key in taken:
             raise ToolError(
                 f"{where}: key {key!r} of {what} has the name of parameter {key!r} (a call "
@@ -1611,6 +1628,19 @@ def _unpacked_keywords(
     if all(extra is not n for n in no_extra):  # PEP 728's `extra_items=T`: **kwargs of T
         keys.append(var_keyword.replace(annotation=_key_type(extra)[0]))
     return signature.replace(parameters=[*params[:-1], *keys])
+
+
+def _with_type_arguments(hint: Any, bound: Mapping[Any, Any]) -> Any:
+    """`hint` with the type variables in `bound` replaced by their types.
+
+    `list[T]` becomes `list[int]`; a variable not in `bound` stays.
+    """
+    if isinstance(hint, TypeVar):
+        return bound.get(hint, hint)
+    variables = getattr(hint, "__parameters__", ())
+    if not variables:
+        return hint
+    return hint[tuple(bound.get(v, v) for v in variables)]
 
 
 def _tool_at(module: str, qualname: str) -> ToolSpec:
@@ -2823,6 +2853,80 @@ def _render(result: Any) -> str:
     return text
 
 
+_ITEM_CHARS = 3
+"""The fewest characters an item of a list or dict takes in its container's text, with its
+separator: a value is at least one (`0`), and items are separated by `", "`."""
+_LOOKAHEAD = 8
+"""Characters past `max_chars` whose text `_truncate` may read (it steps back out of an
+escape or a surrogate pair), with room to spare."""
+
+
+class _HoldsItself(Exception):
+    """A result holds itself (a list in itself, say): `_shown` leaves it whole."""
+
+
+def _shown(result: Any, chars: int) -> Any:
+    """The part of a tool's result its text can show in `chars` characters (`_shown_part`).
+
+    Rendering a result of millions of rows whole, to cut it to a few thousand characters,
+    took seconds on the event loop and hundreds of megabytes. A result that holds itself,
+    or is nested too deep to walk, is left whole (its text is then its `str`, as before).
+    """
+    try:
+        return _shown_part(result, chars, set())[0]
+    except (_HoldsItself, RecursionError):
+        return result
+
+
+def _shown_part(value: Any, room: int, inside: set[int]) -> tuple[Any, int]:
+    """`value`'s part whose text can show in `room` characters, and the room left.
+
+    A list, tuple or dict (exactly those types, nested too) keeps only the items whose text
+    may start within `room`, and a numpy array the rows (and in them the columns...) that
+    may: the text of that part starts as the whole one's does, and is longer than `room`
+    when something was left out, so cut to fewer characters it reads the same. Anything
+    else is kept as it is. `inside` holds the ids of the containers being walked.
+
+    Raises:
+        _HoldsItself: A container holds itself.
+    """
+    kind = type(value)
+    if kind in _ATOMS:
+        return value, room - (len(value) if kind is str else 1)
+    if kind is list or kind is tuple or kind is dict:
+        if id(value) in inside:
+            raise _HoldsItself
+        inside.add(id(value))
+        items = value.items() if kind is dict else enumerate(value)
+        kept = []
+        changed = False
+        for key, item in items:
+            if room <= 0:
+                changed = True
+                break
+            part, room = _shown_part(item, room - _ITEM_CHARS, inside)
+            changed = changed or part is not item
+            kept.append((key, part))
+        inside.discard(id(value))
+        if not changed:
+            return value, room
+        if kind is dict:
+            return dict(kept), room
+        return kind(part for _, part in kept), room
+    shape = getattr(value, "shape", None)
+    if type(shape) is tuple and shape and kind.__module__ == "numpy":  # an array
+        cells = math.prod(shape)
+        if cells * _ITEM_CHARS <= room:
+            return value, room - cells * _ITEM_CHARS
+        # The rows whose text may start within `room`; in each, as many columns; and so on.
+        index = tuple(
+            slice(0, min(size, room // (math.prod(shape[axis + 1 :]) * _ITEM_CHARS) + 1))
+            for axis, size in enumerate(shape)
+        )
+        return value[index], 0
+    return value, room - 1
+
+
 def _refuse_awaitable_result(result: Any) -> None:
     """Raises the `TypeError` for an awaitable returned as a tool's result (see `_render`).
 
@@ -3166,7 +3270,11 @@ class ToolRegistry:
         if task is not None and task.cancelling() > cancels:
             _cancelled_while_running(task, cancels)
         try:
-            text: str = _RENDER_EXACT.get(type(result), _render)(result)
+            render = _RENDER_EXACT.get(type(result))
+            if render is None:
+                text: str = _render(_shown(result, max_chars + _LOOKAHEAD))
+            else:
+                text = render(result)
         except Exception as error:  # e.g. an int over the str conversion limit, a bad __repr__
             # The call did run: the model must not take it for one that did nothing.
             detail = _describe(error, True)

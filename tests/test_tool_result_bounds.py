@@ -1,0 +1,113 @@
+"""A tool's result far longer than the observation limit is rendered only as far as the
+model is shown it: the same text, without rendering millions of rows to cut them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import llm_agent_runtime as ar
+from llm_agent_runtime.tools import _LOOKAHEAD, _render, _shown, _truncate
+
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN and the infinities too: they change how the whole is written
+    | st.text(max_size=12)  # escapes, non-ASCII, lone surrogates
+    | st.binary(max_size=6)
+    | hnp.arrays(
+        st.sampled_from([np.int64, np.float32, np.float64]),
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+    )
+)
+_values = st.recursive(
+    _leaves,
+    lambda inner: (
+        st.lists(inner, max_size=8)
+        | st.lists(inner, max_size=8).map(tuple)
+        | st.dictionaries(st.text(max_size=4) | st.integers(-3, 3), inner, max_size=6)
+    ),
+    max_leaves=60,
+)
+
+
+def _observed(result: Any, max_chars: int) -> str:
+    return _truncate(_render(result), max_chars)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_values, st.integers(16, 120))
+def test_the_part_shown_reads_as_the_whole_result_cut(value: Any, max_chars: int) -> None:
+    shown = _shown(value, max_chars + _LOOKAHEAD)
+    assert _observed(shown, max_chars) == _observed(value, max_chars)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(), min_size=1, max_size=30), st.integers(16, 60))
+def test_a_result_that_fits_is_rendered_whole(value: list[int], max_chars: int) -> None:
+    if len(_render(value)) <= max_chars:
+        assert _shown(value, max_chars + _LOOKAHEAD) is value
+
+
+class Counted:
+    """An item whose text (`str`) counts how often it was made."""
+
+    made = 0
+
+    def __str__(self) -> str:
+        Counted.made += 1
+        return "item"
+
+
+async def test_a_huge_result_renders_only_what_the_observation_shows() -> None:
+    rows = [{"id": i, "item": Counted()} for i in range(1_000_000)]
+
+    @ar.tool
+    def query() -> dict[str, Any]:
+        """Every row."""
+        return {"total": len(rows), "rows": rows}
+
+    Counted.made = 0
+    observation = await ar.ToolRegistry([query]).call("query", {}, max_chars=200)
+    assert observation.ok
+    assert observation.content.startswith('{"total": 1000000, "rows": [{"id": 0, "item": "item"}')
+    assert observation.content.endswith(" …[truncated]") and len(observation.content) == 200
+    assert 0 < Counted.made < 200 // 3  # rows past the first few were never made text
+
+
+@pytest.mark.parametrize("shape", [(4_000_000,), (20_000, 384), (50, 60, 70)])
+async def test_a_huge_array_renders_only_what_the_observation_shows(
+    shape: tuple[int, ...],
+) -> None:
+    array = np.arange(math.prod(shape), dtype=np.float32).reshape(shape) / 7
+
+    @ar.tool
+    def embed() -> Any:
+        """The array."""
+        return array
+
+    observation = await ar.ToolRegistry([embed]).call("embed", {}, max_chars=500)
+    corner = array[tuple(slice(0, 200) for _ in shape)]  # more than 500 characters' worth
+    assert observation.content == _observed(corner, 500)
+    assert observation.content.startswith("[" * len(shape) + "0.0, 0.14285715, ")
+
+
+def test_a_result_holding_itself_is_left_whole() -> None:
+    looped: list[Any] = [1, 2]
+    looped.append(looped)
+    assert _shown(looped, 10) is looped
+    assert _observed(looped, 100) == "[1, 2, [...]]"  # its `str`, as before
+
+
+def test_a_result_nested_too_deep_to_walk_is_left_whole() -> None:
+    deep: list[Any] = []
+    for _ in range(5_000):
+        deep = [deep]
+    assert _shown(deep, 100_000) is deep
