@@ -3161,7 +3161,9 @@ class ToolRegistry:
         """Runs one tool call; every failure becomes an `Observation` with an error kind.
 
         `idempotency_key` is passed to tools that take one (a fresh random key when it is
-        None). Every observation is truncated to `max_chars`. `task` is the asyncio task
+        None). Every observation is truncated to `max_chars`; of a result far longer (a
+        list, tuple or dict of millions of items, nested too, or a numpy array), only the
+        part that shows is rendered, into the same text. `task` is the asyncio task
         the call runs in, when the caller has it at hand (None: it runs in none); by
         default it is looked up, which costs a system call (`getpid`) per call before
         Python 3.12.
