@@ -1743,9 +1743,9 @@ class AgentRuntime(Unshared):
         stops = self._stops
         perf = time.perf_counter
         metrics = self._metrics
-        bill = functools.partial(_charge_billed, metrics, budget)  # see `bill_caller`
         checkpoints = self._checkpoints
         task = current_task()  # the run's calls run in it: looked up once, not per call
+        bill = functools.partial(_bill_run, task, metrics, budget)  # see `bill_caller`
         # A resumed run counts the steps it already took, and their re-prompts (each took an
         # iteration); a session's new turn starts afresh.
         done = 0
@@ -2055,9 +2055,9 @@ class AgentRuntime(Unshared):
         llm_attributes = _llm_attributes(_requested_model(model, provider))
         perf = time.perf_counter
         metrics = self._metrics
-        bill = functools.partial(_charge_billed, metrics, budget)  # see `bill_caller`
         checkpoints = self._checkpoints
         task = current_task()  # a round's single call runs in it: looked up once, not per call
+        bill = functools.partial(_bill_run, task, metrics, budget)  # see `bill_caller`
         # A round's overhead runs from where the round before ended (its checkpoint write in).
         since = perf()
         rounds_left = config.max_iterations - rounds_done
@@ -4809,6 +4809,21 @@ def _charge_refused_reply(
     """
     if type(error.usage) is Usage:
         _charge_billed(metrics, budget, error.usage)
+
+
+def _bill_run(
+    task: asyncio.Task[Any] | None, metrics: RuntimeMetrics, budget: CostBudget | None, usage: Usage
+) -> None:
+    """A run's sink for `bill_caller`: charges `usage` handed over in the run's own task.
+
+    Set around each of the run's model calls (see `_charge_billed`).
+
+    A task started during the call (an async listener's, the event loop's close of a stream
+    someone dropped) copies the call's context, sink included, and may outlive the call: the
+    calls it makes are not the run's.
+    """
+    if task is not None and current_task() is task:
+        _charge_billed(metrics, budget, usage)
 
 
 def _charge_billed(metrics: RuntimeMetrics, budget: CostBudget | None, usage: Usage) -> None:

@@ -306,3 +306,61 @@ async def test_a_stream_read_to_its_end_is_charged_once(
         session = await runtime.run_agent_with_provider("a", "hi", llm)
     assert session.final_answer == "42"
     assert budget.used_tokens == 523
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("kind", PROVIDERS)
+async def test_a_reply_that_spends_its_providers_budget_is_charged_to_the_run(
+    kind: str, stream: bool, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # The provider raises BudgetExceededError in the reply's place: the run's budget counted
+    # the failed attempt before it (streamed) or nothing (whole), though both were billed.
+    if stream:
+        server.script(_billed_then_failed(kind), Turn("answer", input_tokens=500, output_tokens=5))
+        billed_before = 500
+    elif kind == "openai":
+        server.script(_failed_choice(), Turn("answer", input_tokens=500, output_tokens=5))
+        billed_before = 110
+    else:  # Anthropic bills no failed whole reply
+        server.script(Turn("answer", input_tokens=500, output_tokens=5))
+        billed_before = 0
+    shared_cap = CostBudget(max_tokens=600 if billed_before else 400)  # the provider's own
+    budget = CostBudget()
+    runtime = AgentRuntime(AgentConfig(mode="tools"), budget=budget)
+    if stream:
+        runtime.events.on(lambda event: None)
+    async with make_provider(kind, server, retry=retry, budget=shared_cap) as llm:
+        with pytest.raises(BudgetExceededError):
+            await runtime.run_agent_with_provider("a", "hi", llm)
+    assert budget.used_tokens == shared_cap.used_tokens == billed_before + 505
+
+
+async def test_a_listeners_task_does_not_bill_the_run_for_its_own_calls(
+    server: FakeLlmServer,
+) -> None:
+    # An async listener runs in a task started during the run's model call, which copies
+    # the call's context: its own provider's call, cut after a billed attempt, was charged
+    # to the run (after the run had ended, to the budget its next run reuses).
+    server.script(Turn("answer", input_tokens=20, output_tokens=3), _failed_choice())
+    budget = CostBudget()
+    # The run waits for its listeners until its deadline, then leaves them running.
+    runtime = AgentRuntime(AgentConfig(mode="tools", loop_timeout_ms=300), budget=budget)
+    slow = RetryPolicy(max_attempts=2, base_delay=30.0, jitter=False)
+    listener_tasks: list[asyncio.Task[object]] = []
+    async with make_provider("openai", server, retry=slow) as side:
+
+        async def moderate(event: object) -> None:
+            if isinstance(event, LlmTextDelta) and not listener_tasks:
+                listener_tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+                await side.chat(USER)
+
+        runtime.events.on(moderate)
+        async with make_provider("openai", server) as llm:
+            await runtime.run_agent_with_provider("a", "hi", llm)
+        while len(server.requests) < 2:  # the listener's call: billed, waiting to retry
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        listener_tasks[0].cancel()
+        await asyncio.gather(*listener_tasks, return_exceptions=True)
+    assert budget.used_tokens == 23
+    assert runtime.metrics.snapshot().input_tokens == 20

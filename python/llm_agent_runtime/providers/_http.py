@@ -2491,6 +2491,19 @@ class HttpTransport:
         if self.budget is not None:
             self.budget.record(input_tokens, output_tokens, usage.cost_usd)
 
+    def charge_reply(self, usage: Usage, retried: Sequence[Usage] = ()) -> None:
+        """Charges a reply's usage (`charge`), as the reply's own attempt is over.
+
+        When that spends the budget, the `BudgetExceededError` raised in the reply's place
+        carries no usage: the usage goes to the caller's run (`bill_caller`), with that of
+        the billed attempts `retried` before it.
+        """
+        try:
+            self.charge(usage)
+        except BudgetExceededError:
+            bill_caller(usage_sum([*retried, usage]) if retried else usage)
+            raise
+
     def charge_unfinished(self, usage: Usage) -> None:
         """Charges the usage a call reported before it failed (a stream cut, say).
 

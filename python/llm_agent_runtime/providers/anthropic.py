@@ -468,7 +468,7 @@ class AnthropicProvider(HttpProvider):
         raw = await self._transport.post_json("/v1/messages", body, self._check_reply, retried)
         message = parse_json(_Message, raw, "Anthropic response")
         usage = parse_usage(_Usage, message.usage, "Anthropic response").usage()
-        self._transport.charge(usage)  # first, as the streamed reply is charged
+        self._transport.charge_reply(usage, retried)  # first, as the streamed reply is
         if retried:  # the call paid for them too
             usage = usage_sum([*retried, usage])
         stop_reason = message.stop_reason
@@ -785,7 +785,7 @@ class AnthropicProvider(HttpProvider):
             # Charged first: the reply arrived whole and was billed, even if its tool calls
             # fail.
             owed = False
-            self._transport.charge(usage)
+            self._transport.charge_reply(usage)
             for index, pieces in thoughts.items():
                 reasoning[index]["thinking"] = clean_text("".join(pieces))
             response = ChatResponse(

@@ -488,7 +488,7 @@ class OpenAIProvider(HttpProvider):
         usage = parse_usage(_Usage, completion.usage, "OpenAI response").usage()
         # Charged first: the reply arrived and was billed, even if it has no choice or its
         # tool calls fail below (the error then holds the usage).
-        self._transport.charge(usage)
+        self._transport.charge_reply(usage, retried)
         if retried:  # the call paid for them too
             usage = usage_sum([*retried, usage])
         if not completion.choices:
@@ -552,7 +552,7 @@ class OpenAIProvider(HttpProvider):
         if b'"error"' in raw or b"insufficient_system_resource" in raw:
             failed = _failed_choice(raw, self._transport.redact)
             if failed is not None:
-                self._transport.charge(failed.usage or Usage())  # billed all the same
+                self._transport.charge_reply(failed.usage or Usage())  # billed all the same
                 raise failed
 
     def chat_stream(
@@ -813,7 +813,7 @@ class OpenAIProvider(HttpProvider):
             # Charged first: the reply arrived whole and was billed, even if its tool calls
             # fail.
             owed = False
-            self._transport.charge(usage)
+            self._transport.charge_reply(usage)
             response = ChatResponse(
                 text=text.text,
                 tool_calls=calls.build(finish_reason, self._transport.redact),
