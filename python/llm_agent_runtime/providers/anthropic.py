@@ -468,7 +468,7 @@ class AnthropicProvider(HttpProvider):
         raw = await self._transport.post_json("/v1/messages", body, self._check_reply, retried)
         message = parse_json(_Message, raw, "Anthropic response")
         usage = parse_usage(_Usage, message.usage, "Anthropic response").usage()
-        self._transport.charge_reply(usage, retried)  # first, as the streamed reply is
+        self._transport.charge_reply(usage, retried)  # first, as a streamed reply is charged
         if retried:  # the call paid for them too
             usage = usage_sum([*retried, usage])
         stop_reason = message.stop_reason

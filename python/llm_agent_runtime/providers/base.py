@@ -374,9 +374,10 @@ _CALLER_BILLING: ContextVar[Callable[[Usage], None] | None] = ContextVar(
 def bill_caller(usage: Usage) -> None:
     """Hands the caller of a model call usage billed that no reply or error will carry back.
 
-    That is usage of a call closed or cancelled after it came: a stream cut by a run's
-    deadline, a cancel while waiting to try a failed attempt again (a `ProviderError`
-    carries its own in `usage`).
+    That is usage of a call closed or cancelled after it came (a stream cut by a run's
+    deadline, a cancel while waiting to try a failed attempt again), or of a reply the
+    provider's own budget refused (its `BudgetExceededError` holds no usage; a
+    `ProviderError` carries its own, in `usage`).
 
     A runtime's run charges it to its own budget and metrics, as it charges a reply; with
     no run around the call, the provider's own accounting is all there is.
