@@ -7,8 +7,9 @@
 
 use std::collections::HashSet;
 
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PySlice, PyString, PyTuple};
 
 use crate::errors::catch_panics;
 
@@ -93,5 +94,285 @@ pub fn dicts_with_keys_made_text<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bou
             walked.push(current);
         }
         Ok(found)
+    })
+}
+
+/// How deep [`shown_part`] walks: a result nested deeper is left whole (`json` refuses it,
+/// and its text is then its `str`).
+const MAX_SHOWN_DEPTH: usize = 500;
+
+/// Why [`shown_part`] leaves a result whole: it holds itself, is nested too deep, or a
+/// numpy call failed.
+struct LeftWhole;
+
+/// The fewest characters of the text of a numpy array of `shape` whose values take `cell`
+/// characters at least, as `tolist()` and JSON write it: a list takes its brackets and
+/// `", "` separators too.
+fn array_min_chars(shape: &[usize], cell: i64) -> i64 {
+    shape.iter().rev().fold(cell, |inner, &size| {
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        if size == 0 {
+            return 2;
+        }
+        size.saturating_mul(inner.saturating_add(2))
+    })
+}
+
+/// The part of `value` whose text starts within `room` characters, or None when that is
+/// all of it; `room` ends less the fewest characters the part takes.
+fn shown_value<'py>(
+    value: &Bound<'py, PyAny>,
+    room: &mut i64,
+    path: &mut Vec<usize>,
+    numpy: &mut Option<bool>,
+) -> Result<Option<Bound<'py, PyAny>>, LeftWhole> {
+    let py = value.py();
+    if value.is_exact_instance_of::<PyString>() {
+        // Quoted, and no shorter escaped: a character is one of the text's at least.
+        let chars = value.len().map_err(|_| LeftWhole)?;
+        *room = room.saturating_sub(i64::try_from(chars).unwrap_or(i64::MAX).saturating_add(2));
+        return Ok(None);
+    }
+    let list = value.is_exact_instance_of::<PyList>();
+    let tuple = !list && value.is_exact_instance_of::<PyTuple>();
+    let dict = !list && !tuple && value.is_exact_instance_of::<PyDict>();
+    if list || tuple || dict {
+        let address = value.as_ptr() as usize;
+        if path.contains(&address) || path.len() >= MAX_SHOWN_DEPTH {
+            return Err(LeftWhole);
+        }
+        path.push(address);
+        *room = room.saturating_sub(1); // the opening bracket
+        let mut kept: Vec<Bound<'py, PyAny>> = Vec::new();
+        let mut cut = false;
+        if dict {
+            let dict = value.cast_exact::<PyDict>().map_err(|_| LeftWhole)?;
+            let part = PyDict::new(py);
+            for (index, entry) in DictItems::new(dict).enumerate() {
+                let (key, item) = entry?;
+                if *room <= 0 {
+                    cut = true;
+                    break;
+                }
+                // `, ` before all but the first; the key (quoted if a str) and `: `.
+                let key_chars = if key.is_exact_instance_of::<PyString>() {
+                    let chars = key.len().map_err(|_| LeftWhole)?;
+                    i64::try_from(chars).unwrap_or(i64::MAX).saturating_add(2)
+                } else {
+                    scalar_min_chars(&key)
+                };
+                let separator = if index == 0 { 0 } else { 2 };
+                *room = room.saturating_sub(key_chars.saturating_add(2 + separator));
+                let shown = shown_value(&item, room, path, numpy)?;
+                let partial = shown.is_some();
+                part.set_item(key, shown.unwrap_or(item))
+                    .map_err(|_| LeftWhole)?;
+                if partial {
+                    cut = true;
+                    break;
+                }
+            }
+            path.pop();
+            return Ok(cut.then(|| part.into_any()));
+        }
+        let items: Vec<Bound<'py, PyAny>> = if list {
+            value
+                .cast_exact::<PyList>()
+                .map_err(|_| LeftWhole)?
+                .iter()
+                .collect()
+        } else {
+            value
+                .cast_exact::<PyTuple>()
+                .map_err(|_| LeftWhole)?
+                .iter()
+                .collect()
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            if *room <= 0 {
+                cut = true;
+                break;
+            }
+            if index > 0 {
+                *room = room.saturating_sub(2); // `, `
+            }
+            match shown_value(&item, room, path, numpy)? {
+                Some(part) => {
+                    kept.push(part);
+                    cut = true;
+                    break;
+                }
+                None => kept.push(item),
+            }
+        }
+        path.pop();
+        if !cut {
+            return Ok(None);
+        }
+        let part = if list {
+            PyList::new(py, kept).map_err(|_| LeftWhole)?.into_any()
+        } else {
+            PyTuple::new(py, kept).map_err(|_| LeftWhole)?.into_any()
+        };
+        return Ok(Some(part));
+    }
+    if numpy_loaded(py, numpy) && value.is_exact_instance_of::<PyUntypedArray>() {
+        let array = value.cast::<PyUntypedArray>().map_err(|_| LeftWhole)?;
+        let shape = array.shape().to_vec();
+        // A float's text is three characters at least (`0.0`, `inf`), a bool's four, a
+        // complex number's or a str's (quoted) two; any other value's one.
+        let cell = match array.dtype().kind() {
+            b'f' => 3,
+            b'b' => 4,
+            b'c' | b'U' | b'S' => 2,
+            _ => 1,
+        };
+        let chars = array_min_chars(&shape, cell);
+        if chars <= *room {
+            *room -= chars;
+            return Ok(None);
+        }
+        // Along each axis, the items whose text may start within `room` (an item of the
+        // axis holds the axes after it): the first item past `room` is left out.
+        let mut slices = Vec::with_capacity(shape.len());
+        for (axis, &size) in shape.iter().enumerate() {
+            let item = array_min_chars(&shape[axis + 1..], cell).saturating_add(2);
+            let keep = (*room).max(0) / item + 1;
+            let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(size);
+            slices.push(PySlice::new(
+                py,
+                0,
+                isize::try_from(keep).unwrap_or(isize::MAX),
+                1,
+            ));
+        }
+        let index = PyTuple::new(py, slices).map_err(|_| LeftWhole)?;
+        let part = value.get_item(index).map_err(|_| LeftWhole)?;
+        *room = 0;
+        return Ok(Some(part));
+    }
+    *room = room.saturating_sub(scalar_min_chars(value));
+    Ok(None)
+}
+
+/// Whether numpy is imported (worked out once a walk, in `known`): only then can a value be
+/// an array, and asking numpy's array type would import it, a tenth of a second.
+fn numpy_loaded(py: Python<'_>, known: &mut Option<bool>) -> bool {
+    *known.get_or_insert_with(|| {
+        let name = pyo3::intern!(py, "numpy");
+        // SAFETY: the GIL is held; `PyImport_GetModule` returns a new reference, or NULL
+        // (with an error only when the lookup itself failed, taken here).
+        let module = unsafe { pyo3::ffi::PyImport_GetModule(name.as_ptr()) };
+        if module.is_null() {
+            let _ = PyErr::take(py);
+            return false;
+        }
+        // SAFETY: a new reference, released here.
+        unsafe { pyo3::ffi::Py_DECREF(module) };
+        true
+    })
+}
+
+/// The fewest characters of the text of a value that is no list, tuple, dict, str or array,
+/// as JSON or `repr` writes it: an int its digits (and sign), a float three (`0.0`, `inf`),
+/// `True` and `None` four (`true`, `null`), bytes their quotes, any other value one.
+fn scalar_min_chars(value: &Bound<'_, PyAny>) -> i64 {
+    if value.is_exact_instance_of::<PyInt>() {
+        let mut overflow = 0;
+        // SAFETY: the GIL is held (`value` is bound) and `value` is an int. Read without an
+        // error object: an int past 64 bits only sets `overflow`.
+        let n = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(value.as_ptr(), &mut overflow) };
+        if overflow != 0 {
+            return 19; // over 9.2e18
+        }
+        let sign = i64::from(n < 0);
+        return sign + i64::from(n.unsigned_abs().checked_ilog10().unwrap_or(0)) + 1;
+    }
+    if value.is_exact_instance_of::<PyFloat>() {
+        return 3;
+    }
+    if value.is_exact_instance_of::<PyBool>() || value.is_none() {
+        return 4;
+    }
+    if value.is_exact_instance_of::<PyBytes>() {
+        return 2;
+    }
+    1
+}
+
+/// The items of a dict, as its iteration gives them, without a panic when it changes: the
+/// walk makes objects, so a collection's finalizers may run, and another thread with them.
+/// A change of size ends the walk ([`LeftWhole`]): the result is then rendered whole, as
+/// before.
+struct DictItems<'a, 'py> {
+    dict: &'a Bound<'py, PyDict>,
+    position: pyo3::ffi::Py_ssize_t,
+    size: pyo3::ffi::Py_ssize_t,
+}
+
+impl<'a, 'py> DictItems<'a, 'py> {
+    fn new(dict: &'a Bound<'py, PyDict>) -> Self {
+        // SAFETY: the GIL is held (`dict` is bound) and `dict` is a dict.
+        let size = unsafe { pyo3::ffi::PyDict_Size(dict.as_ptr()) };
+        Self {
+            dict,
+            position: 0,
+            size,
+        }
+    }
+}
+
+impl<'py> Iterator for DictItems<'_, 'py> {
+    type Item = Result<(Bound<'py, PyAny>, Bound<'py, PyAny>), LeftWhole>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let dict = self.dict.as_ptr();
+        // SAFETY: the GIL is held and `dict` is a dict. `PyDict_Next` bounds its position by
+        // the dict's current table, whatever changed; its references are borrowed, and
+        // owned here before any other call.
+        unsafe {
+            if pyo3::ffi::PyDict_Size(dict) != self.size {
+                return Some(Err(LeftWhole));
+            }
+            let mut key = std::ptr::null_mut();
+            let mut value = std::ptr::null_mut();
+            if pyo3::ffi::PyDict_Next(dict, &mut self.position, &mut key, &mut value) == 0 {
+                return None;
+            }
+            let py = self.dict.py();
+            Some(Ok((
+                Bound::from_borrowed_ptr(py, key),
+                Bound::from_borrowed_ptr(py, value),
+            )))
+        }
+    }
+}
+
+/// The part of a tool's result whose text can show in ``room`` characters, or None when
+/// that is the whole result.
+///
+/// A list, tuple or dict (those types exactly, nested too) keeps the items whose text may
+/// start within ``room``, and a numpy array (exactly ``ndarray``) the rows, and in them the
+/// columns..., that may: the text of the part starts as the whole result's does, and when
+/// something was left out it is longer than ``room``, so cut to fewer characters it reads
+/// the same. Each value is counted at the fewest characters its text can take (an int its
+/// digits, a str its length and quotes). A result that holds itself, is nested over 500
+/// levels deep, or has a dict that changes size meanwhile (another thread's), is left whole
+/// (None).
+///
+/// Args:
+///     value: the tool's result.
+///     room: the characters that will be shown.
+///
+/// Returns:
+///     object | None: the part, or None for the whole result.
+#[pyfunction]
+pub fn shown_part<'py>(
+    value: &Bound<'py, PyAny>,
+    room: i64,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    catch_panics(|| {
+        let mut left = room;
+        Ok(shown_value(value, &mut left, &mut Vec::new(), &mut None).unwrap_or(None))
     })
 }

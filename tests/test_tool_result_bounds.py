@@ -18,23 +18,27 @@ from llm_agent_runtime.tools import _LOOKAHEAD, _render, _shown, _truncate
 _leaves = (
     st.none()
     | st.booleans()
+    | st.integers(0, 9)  # one character each: the fewest a value takes
     | st.integers()
     | st.floats()  # NaN and the infinities too: they change how the whole is written
     | st.text(max_size=12)  # escapes, non-ASCII, lone surrogates
     | st.binary(max_size=6)
     | hnp.arrays(
-        st.sampled_from([np.int64, np.float32, np.float64]),
-        hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+        st.sampled_from([np.int8, np.int64, np.float32, np.float64]),
+        hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=12),
     )
 )
 _values = st.recursive(
     _leaves,
     lambda inner: (
-        st.lists(inner, max_size=8)
+        st.lists(inner, max_size=40)
         | st.lists(inner, max_size=8).map(tuple)
-        | st.dictionaries(st.text(max_size=4) | st.integers(-3, 3), inner, max_size=6)
+        # Keys of one kind: `1` and "1" in one dict make the whole result's text its `str`,
+        # which a part without one of them is not (what lies past the part is not looked at).
+        | st.dictionaries(st.text(max_size=4), inner, max_size=6)
+        | st.dictionaries(st.integers(-3, 3), inner, max_size=6)
     ),
-    max_leaves=60,
+    max_leaves=120,
 )
 
 
@@ -111,3 +115,41 @@ def test_a_result_nested_too_deep_to_walk_is_left_whole() -> None:
     for _ in range(5_000):
         deep = [deep]
     assert _shown(deep, 100_000) is deep
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        [i % 2 for i in range(3000)],  # one character an item
+        [[(r + c) % 2 for c in range(7)] for r in range(500)],
+        [[i % 10, (i * 7) % 10] for i in range(1000)],
+        {"total": 3000, "bits": [i % 2 for i in range(3000)]},
+        [[[[[[1]]]]]] * 1000,
+        {"summary": "s" * 4003, "features": np.zeros((5, 0))},
+        ["a" * 4003, np.empty((3, 0)), 1],
+        [np.arange(3, dtype=np.int8) for _ in range(2000)],
+    ],
+    ids=["flags", "board", "points", "nested flags", "deep", "empty array", "empty 2", "arrays"],
+)
+def test_results_of_short_items_read_as_cut(result: Any) -> None:
+    # Counted a character too many each, the part shown was shorter than the limit: no
+    # truncation mark, and its last row cut short (`[4]` for `[4, 8]`), read as complete.
+    assert _observed(_shown(result, 4000 + _LOOKAHEAD), 4000) == _observed(result, 4000)
+
+
+class AttrDict(dict[str, Any]):
+    """A dict whose attributes are its items (`__getattr__` raises KeyError)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self[name]
+
+
+async def test_a_dict_subclass_reading_attributes_as_items_is_rendered() -> None:
+    # Asked for its `shape`, it raised KeyError: the call failed to render.
+    @ar.tool
+    def users() -> Any:
+        """Users."""
+        return [AttrDict(id=7, name="Ada")] * 2
+
+    observation = await ar.ToolRegistry([users]).call("users", {})
+    assert observation == ar.Observation('[{"id": 7, "name": "Ada"}, {"id": 7, "name": "Ada"}]')

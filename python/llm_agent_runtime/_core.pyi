@@ -78,6 +78,17 @@ def dicts_with_keys_made_text(value: object) -> list[dict[Any, Any]]:
     and `values()`. Parents come before what they hold.
     """
 
+def shown_part(value: object, room: int) -> object | None:
+    """The part of a tool's result whose text can show in `room` characters, or None when
+    that is the whole result.
+
+    A list, tuple or dict (those types exactly, nested too) keeps the items whose text may
+    start within `room`, and a numpy `ndarray` the rows (and in them the columns...) that
+    may: the text of the part starts as the whole result's does, and is longer than `room`
+    when something was left out. A result that holds itself, or is nested over 500 levels
+    deep, is left whole (None).
+    """
+
 def parse_react_step(text: str) -> ReActStep:
     """Parses one ReAct step from model output.
 

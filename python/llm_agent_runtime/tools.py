@@ -81,7 +81,7 @@ from pydantic_core import (
 from typing_extensions import TypedDict, is_typeddict
 
 from llm_agent_runtime._cancelling import CANCEL_COUNTS_EXACT, cancellations_so_far
-from llm_agent_runtime._core import dicts_with_keys_made_text, tuple_of
+from llm_agent_runtime._core import dicts_with_keys_made_text, shown_part, tuple_of
 from llm_agent_runtime._depth import MAX_ARGUMENT_DEPTH, TOO_DEEP, nested_deeper_than
 from llm_agent_runtime.errors import (
     BudgetExceededError,
@@ -2853,78 +2853,21 @@ def _render(result: Any) -> str:
     return text
 
 
-_ITEM_CHARS = 3
-"""The fewest characters an item of a list or dict takes in its container's text, with its
-separator: a value is at least one (`0`), and items are separated by `", "`."""
 _LOOKAHEAD = 8
 """Characters past `max_chars` whose text `_truncate` may read (it steps back out of an
 escape or a surrogate pair), with room to spare."""
 
 
-class _HoldsItself(Exception):
-    """A result holds itself (a list in itself, say): `_shown` leaves it whole."""
-
-
 def _shown(result: Any, chars: int) -> Any:
-    """The part of a tool's result its text can show in `chars` characters (`_shown_part`).
+    """The part of a tool's result its text can show in `chars` characters (`shown_part`).
 
     Rendering a result of millions of rows whole, to cut it to a few thousand characters,
-    took seconds on the event loop and hundreds of megabytes. A result that holds itself,
-    or is nested too deep to walk, is left whole (its text is then its `str`, as before).
+    took seconds on the event loop and hundreds of megabytes. What lies past the part is
+    not looked at (a generator there is not refused). A result that holds itself, or is
+    nested too deep to walk, is left whole (its text is then its `str`, as before).
     """
-    try:
-        return _shown_part(result, chars, set())[0]
-    except (_HoldsItself, RecursionError):
-        return result
-
-
-def _shown_part(value: Any, room: int, inside: set[int]) -> tuple[Any, int]:
-    """`value`'s part whose text can show in `room` characters, and the room left.
-
-    A list, tuple or dict (exactly those types, nested too) keeps only the items whose text
-    may start within `room`, and a numpy array the rows (and in them the columns...) that
-    may: the text of that part starts as the whole one's does, and is longer than `room`
-    when something was left out, so cut to fewer characters it reads the same. Anything
-    else is kept as it is. `inside` holds the ids of the containers being walked.
-
-    Raises:
-        _HoldsItself: A container holds itself.
-    """
-    kind = type(value)
-    if kind in _ATOMS:
-        return value, room - (len(value) if kind is str else 1)
-    if kind is list or kind is tuple or kind is dict:
-        if id(value) in inside:
-            raise _HoldsItself
-        inside.add(id(value))
-        items = value.items() if kind is dict else enumerate(value)
-        kept = []
-        changed = False
-        for key, item in items:
-            if room <= 0:
-                changed = True
-                break
-            part, room = _shown_part(item, room - _ITEM_CHARS, inside)
-            changed = changed or part is not item
-            kept.append((key, part))
-        inside.discard(id(value))
-        if not changed:
-            return value, room
-        if kind is dict:
-            return dict(kept), room
-        return kind(part for _, part in kept), room
-    shape = getattr(value, "shape", None)
-    if type(shape) is tuple and shape and kind.__module__ == "numpy":  # an array
-        cells = math.prod(shape)
-        if cells * _ITEM_CHARS <= room:
-            return value, room - cells * _ITEM_CHARS
-        # The rows whose text may start within `room`; in each, as many columns; and so on.
-        index = tuple(
-            slice(0, min(size, room // (math.prod(shape[axis + 1 :]) * _ITEM_CHARS) + 1))
-            for axis, size in enumerate(shape)
-        )
-        return value[index], 0
-    return value, room - 1
+    part = shown_part(result, chars)
+    return result if part is None else part
 
 
 def _refuse_awaitable_result(result: Any) -> None:
