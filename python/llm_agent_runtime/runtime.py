@@ -67,8 +67,8 @@ from llm_agent_runtime.orchestration._checks import (
     short_repr,
 )
 from llm_agent_runtime.providers.base import (
-    _CALLER_BILLING,
     INCOMPLETE_STOP_REASONS,
+    OPEN_CALLS,
     PAUSE_STOP_REASONS,
     SAFETY_STOP_REASONS,
     ChatProvider,
@@ -1745,7 +1745,8 @@ class AgentRuntime(Unshared):
         metrics = self._metrics
         checkpoints = self._checkpoints
         task = current_task()  # the run's calls run in it: looked up once, not per call
-        bill = functools.partial(_bill_run, task, metrics, budget)  # see `bill_caller`
+        # Its model calls' sink for `bill_caller`, by its task (none without one).
+        bill = None if task is None else functools.partial(_charge_billed, metrics, budget)
         # A resumed run counts the steps it already took, and their re-prompts (each took an
         # iteration); a session's new turn starts afresh.
         done = 0
@@ -1800,7 +1801,8 @@ class AgentRuntime(Unshared):
                     if budget is not None:  # a spent budget pays for no further model call
                         budget.check()
                     model_start = perf()
-                    billing = _CALLER_BILLING.set(bill)
+                    outer = OPEN_CALLS.get(task)  # a run whose model is itself a run: put back
+                    OPEN_CALLS[task] = bill
                     try:
                         # Streamed only while someone listens (the event log keeps no delta).
                         if self._tracer is not None:
@@ -1820,7 +1822,10 @@ class AgentRuntime(Unshared):
                         _charge_refused_reply(error, metrics, budget)
                         raise
                     finally:
-                        _CALLER_BILLING.reset(billing)
+                        if outer is None:
+                            OPEN_CALLS.pop(task, None)
+                        else:
+                            OPEN_CALLS[task] = outer
                     model_ms = (perf() - model_start) * 1000.0
                     if type(reply) is _ProviderReply:
                         usage = reply.usage
@@ -2057,7 +2062,8 @@ class AgentRuntime(Unshared):
         metrics = self._metrics
         checkpoints = self._checkpoints
         task = current_task()  # a round's single call runs in it: looked up once, not per call
-        bill = functools.partial(_bill_run, task, metrics, budget)  # see `bill_caller`
+        # Its model calls' sink for `bill_caller`, by its task (none without one).
+        bill = None if task is None else functools.partial(_charge_billed, metrics, budget)
         # A round's overhead runs from where the round before ended (its checkpoint write in).
         since = perf()
         rounds_left = config.max_iterations - rounds_done
@@ -2096,7 +2102,8 @@ class AgentRuntime(Unshared):
                     reasoning=saved.get("reasoning", ()),
                 )
             else:
-                billing = _CALLER_BILLING.set(bill)
+                outer = OPEN_CALLS.get(task)  # a run whose model is itself a run: put back
+                OPEN_CALLS[task] = bill
                 try:
                     # An unstreamed call is the provider's own coroutine: one frame, not two.
                     if self._tracer is not None:
@@ -2132,7 +2139,10 @@ class AgentRuntime(Unshared):
                     _charge_refused_reply(error, metrics, budget)
                     raise
                 finally:
-                    _CALLER_BILLING.reset(billing)
+                    if outer is None:
+                        OPEN_CALLS.pop(task, None)
+                    else:
+                        OPEN_CALLS[task] = outer
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(
@@ -4809,21 +4819,6 @@ def _charge_refused_reply(
     """
     if type(error.usage) is Usage:
         _charge_billed(metrics, budget, error.usage)
-
-
-def _bill_run(
-    task: asyncio.Task[Any] | None, metrics: RuntimeMetrics, budget: CostBudget | None, usage: Usage
-) -> None:
-    """A run's sink for `bill_caller`: charges `usage` handed over in the run's own task.
-
-    Set around each of the run's model calls (see `_charge_billed`).
-
-    A task started during the call (an async listener's, the event loop's close of a stream
-    someone dropped) copies the call's context, sink included, and may outlive the call: the
-    calls it makes are not the run's.
-    """
-    if task is not None and current_task() is task:
-        _charge_billed(metrics, budget, usage)
 
 
 def _charge_billed(metrics: RuntimeMetrics, budget: CostBudget | None, usage: Usage) -> None:

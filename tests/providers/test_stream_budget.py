@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -13,13 +14,16 @@ from llm_agent_runtime import (
     AgentLoopError,
     AgentRuntime,
     BudgetExceededError,
+    ChatResponse,
     CostBudget,
     LlmTextDelta,
     ProviderError,
     RetryPolicy,
+    ScriptedProvider,
     StreamEnd,
+    Usage,
 )
-from llm_agent_runtime.providers.base import Message
+from llm_agent_runtime.providers.base import OPEN_CALLS, Message, bill_caller
 
 from .conftest import PROVIDERS, make_provider
 from .fake_server import FakeLlmServer, Reply, Turn, anthropic_error_event, anthropic_event, sse
@@ -270,6 +274,7 @@ async def test_a_runs_budget_counts_a_stream_it_cut_after_the_usage_came(
     billed = 1000 if retried else 500
     assert budget.used_tokens == billed
     assert runtime.metrics.snapshot().input_tokens == billed
+    assert OPEN_CALLS == {}  # the run's call is over, however it ended
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -364,3 +369,23 @@ async def test_a_listeners_task_does_not_bill_the_run_for_its_own_calls(
         await asyncio.gather(*listener_tasks, return_exceptions=True)
     assert budget.used_tokens == 23
     assert runtime.metrics.snapshot().input_tokens == 20
+
+
+async def test_a_run_whose_model_runs_another_run_keeps_its_own_billing() -> None:
+    # The inner run's call, in the same task, puts the outer call's sink back as it ends:
+    # usage handed over after it is the outer run's.
+    inner_budget, outer_budget = CostBudget(), CostBudget()
+    inner = AgentRuntime(AgentConfig(mode="tools"), budget=inner_budget)
+
+    class AgentAsModel(ScriptedProvider):
+        async def chat(self, messages: Any, tools: Any = None, **params: Any) -> ChatResponse:
+            scripted = ScriptedProvider([ChatResponse("inner", usage=Usage(3, 1))])
+            await inner.run_agent_with_provider("inner", "hi", scripted)
+            bill_caller(Usage(input_tokens=7))  # as a provider cut after its usage does
+            return await super().chat(messages, tools, **params)
+
+    outer = AgentRuntime(AgentConfig(mode="tools"), budget=outer_budget)
+    model = AgentAsModel([ChatResponse("outer", usage=Usage(20, 2))])
+    assert (await outer.run_agent_with_provider("outer", "hi", model)).final_answer == "outer"
+    assert (inner_budget.used_tokens, outer_budget.used_tokens) == (4, 29)
+    assert OPEN_CALLS == {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm_agent_runtime.errors import ProviderError
 from llm_agent_runtime.memory import tokens_of_chars
+from llm_agent_runtime.orchestration._calls import current_task
 from llm_agent_runtime.orchestration._checks import as_index
 
 __all__ = [
@@ -365,10 +365,10 @@ _USAGE_COUNTS = (
 )
 
 
-_CALLER_BILLING: ContextVar[Callable[[Usage], None] | None] = ContextVar(
-    "llm_agent_runtime_caller_billing", default=None
-)
-"""Where `bill_caller` hands usage: set by a run around each of its model calls."""
+OPEN_CALLS: dict[Any, Callable[[Usage], None] | None] = {}
+"""The sink of `bill_caller`, by the task whose model call is in progress: a runtime's run
+sets its own around each of its calls (its task is the key, so a task started during the
+call, which copies its context, is not it)."""
 
 
 def bill_caller(usage: Usage) -> None:
@@ -379,10 +379,11 @@ def bill_caller(usage: Usage) -> None:
     provider's own budget refused (its `BudgetExceededError` holds no usage; a
     `ProviderError` carries its own, in `usage`).
 
-    A runtime's run charges it to its own budget and metrics, as it charges a reply; with
-    no run around the call, the provider's own accounting is all there is.
+    A runtime's run charges it to its own budget and metrics, as it charges a reply, when it
+    comes from the task of the run's model call in progress; otherwise the provider's own
+    accounting is all there is.
     """
-    sink = _CALLER_BILLING.get()
+    sink = OPEN_CALLS.get(current_task())
     if sink is not None:
         sink(usage)
 
