@@ -101,9 +101,15 @@ pub fn dicts_with_keys_made_text<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bou
 /// and its text is then its `str`).
 const MAX_SHOWN_DEPTH: usize = 500;
 
-/// Why [`shown_part`] leaves a result whole: it holds itself, is nested too deep, or a
-/// numpy call failed.
+/// Why [`shown_part`] leaves a result whole: it holds itself, is nested too deep, changed
+/// under the walk, or a Python call failed.
 struct LeftWhole;
+
+/// What the walk found of one value: all of it shows, or only the part given.
+enum Shown<'py> {
+    Whole,
+    Part(Bound<'py, PyAny>),
+}
 
 /// The fewest characters of the text of a numpy array of `shape` whose values take `cell`
 /// characters at least, as `tolist()` and JSON write it: a list takes its brackets and
@@ -118,159 +124,251 @@ fn array_min_chars(shape: &[usize], cell: i64) -> i64 {
     })
 }
 
-/// The part of `value` whose text starts within `room` characters, or None when that is
-/// all of it; `room` ends less the fewest characters the part takes.
-fn shown_value<'py>(
+/// An item of a list or tuple (no key) or of a dict (its key), and its value.
+type Item<'py> = (Option<Bound<'py, PyAny>>, Bound<'py, PyAny>);
+
+/// The items of a list, tuple or dict being walked, read one at a time: a list by index
+/// (another thread may change it meanwhile: its end is then where it ends), a dict by
+/// [`DictItems`].
+enum Items<'py> {
+    List(Bound<'py, PyList>, usize),
+    Tuple(Bound<'py, PyTuple>, usize),
+    Dict(DictItems<'py>),
+}
+
+impl<'py> Items<'py> {
+    /// The next item (with its key, in a dict), or None at the end.
+    fn next_item(&mut self) -> Result<Option<Item<'py>>, LeftWhole> {
+        match self {
+            Items::List(list, index) => {
+                let item = list.get_item(*index).ok();
+                *index += 1;
+                Ok(item.map(|item| (None, item)))
+            }
+            Items::Tuple(tuple, index) => {
+                let item = tuple.get_item(*index).ok();
+                *index += 1;
+                Ok(item.map(|item| (None, item)))
+            }
+            Items::Dict(items) => match items.next() {
+                None => Ok(None),
+                Some(entry) => entry.map(|(key, item)| Some((Some(key), item))),
+            },
+        }
+    }
+}
+
+/// A list, tuple or dict being walked: its items so far (as they are, or the last one's
+/// part), and the item whose value is being walked.
+struct Frame<'py> {
+    address: usize,
+    items: Items<'py>,
+    kept: Vec<Item<'py>>,
+    current: Option<Item<'py>>,
+}
+
+impl<'py> Frame<'py> {
+    /// The part of the container: the items kept, in a container of its type.
+    fn part(self, py: Python<'py>) -> Result<Bound<'py, PyAny>, LeftWhole> {
+        match self.items {
+            Items::List(..) => {
+                let values = self.kept.into_iter().map(|(_, value)| value);
+                Ok(PyList::new(py, values).map_err(|_| LeftWhole)?.into_any())
+            }
+            Items::Tuple(..) => {
+                let values = self.kept.into_iter().map(|(_, value)| value);
+                Ok(PyTuple::new(py, values).map_err(|_| LeftWhole)?.into_any())
+            }
+            Items::Dict(_) => {
+                let part = PyDict::new(py);
+                for (key, value) in self.kept {
+                    if let Some(key) = key {
+                        part.set_item(key, value).map_err(|_| LeftWhole)?;
+                    }
+                }
+                Ok(part.into_any())
+            }
+        }
+    }
+}
+
+/// What the walk makes of one value met: a scalar or an array at once (with its text's
+/// fewest characters taken from `room`), or a list, tuple or dict pushed on `stack`
+/// (None: its items are walked next).
+fn enter<'py>(
     value: &Bound<'py, PyAny>,
     room: &mut i64,
-    path: &mut Vec<usize>,
-    numpy: &mut Option<bool>,
-) -> Result<Option<Bound<'py, PyAny>>, LeftWhole> {
+    stack: &mut Vec<Frame<'py>>,
+    ndarray: &mut Option<Option<Bound<'py, PyAny>>>,
+) -> Result<Option<Shown<'py>>, LeftWhole> {
     let py = value.py();
     if value.is_exact_instance_of::<PyString>() {
         // Quoted, and no shorter escaped: a character is one of the text's at least.
         let chars = value.len().map_err(|_| LeftWhole)?;
         *room = room.saturating_sub(i64::try_from(chars).unwrap_or(i64::MAX).saturating_add(2));
-        return Ok(None);
+        return Ok(Some(Shown::Whole));
     }
-    let list = value.is_exact_instance_of::<PyList>();
-    let tuple = !list && value.is_exact_instance_of::<PyTuple>();
-    let dict = !list && !tuple && value.is_exact_instance_of::<PyDict>();
-    if list || tuple || dict {
+    let items = if let Ok(list) = value.cast_exact::<PyList>() {
+        Some(Items::List(list.clone(), 0))
+    } else if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+        Some(Items::Tuple(tuple.clone(), 0))
+    } else if let Ok(dict) = value.cast_exact::<PyDict>() {
+        Some(Items::Dict(DictItems::new(dict.clone())))
+    } else {
+        None
+    };
+    if let Some(items) = items {
         let address = value.as_ptr() as usize;
-        if path.contains(&address) || path.len() >= MAX_SHOWN_DEPTH {
+        if stack.len() >= MAX_SHOWN_DEPTH || stack.iter().any(|frame| frame.address == address) {
             return Err(LeftWhole);
         }
-        path.push(address);
         *room = room.saturating_sub(1); // the opening bracket
-        let mut kept: Vec<Bound<'py, PyAny>> = Vec::new();
-        let mut cut = false;
-        if dict {
-            let dict = value.cast_exact::<PyDict>().map_err(|_| LeftWhole)?;
-            let part = PyDict::new(py);
-            for (index, entry) in DictItems::new(dict).enumerate() {
-                let (key, item) = entry?;
-                if *room <= 0 {
-                    cut = true;
-                    break;
-                }
-                // `, ` before all but the first; the key (quoted if a str) and `: `.
-                let key_chars = if key.is_exact_instance_of::<PyString>() {
-                    let chars = key.len().map_err(|_| LeftWhole)?;
-                    i64::try_from(chars).unwrap_or(i64::MAX).saturating_add(2)
-                } else {
-                    scalar_min_chars(&key)
-                };
-                let separator = if index == 0 { 0 } else { 2 };
-                *room = room.saturating_sub(key_chars.saturating_add(2 + separator));
-                let shown = shown_value(&item, room, path, numpy)?;
-                let partial = shown.is_some();
-                part.set_item(key, shown.unwrap_or(item))
-                    .map_err(|_| LeftWhole)?;
-                if partial {
-                    cut = true;
-                    break;
-                }
-            }
-            path.pop();
-            return Ok(cut.then(|| part.into_any()));
-        }
-        let items: Vec<Bound<'py, PyAny>> = if list {
-            value
-                .cast_exact::<PyList>()
-                .map_err(|_| LeftWhole)?
-                .iter()
-                .collect()
-        } else {
-            value
-                .cast_exact::<PyTuple>()
-                .map_err(|_| LeftWhole)?
-                .iter()
-                .collect()
-        };
-        for (index, item) in items.into_iter().enumerate() {
-            if *room <= 0 {
-                cut = true;
-                break;
-            }
-            if index > 0 {
-                *room = room.saturating_sub(2); // `, `
-            }
-            match shown_value(&item, room, path, numpy)? {
-                Some(part) => {
-                    kept.push(part);
-                    cut = true;
-                    break;
-                }
-                None => kept.push(item),
-            }
-        }
-        path.pop();
-        if !cut {
-            return Ok(None);
-        }
-        let part = if list {
-            PyList::new(py, kept).map_err(|_| LeftWhole)?.into_any()
-        } else {
-            PyTuple::new(py, kept).map_err(|_| LeftWhole)?.into_any()
-        };
-        return Ok(Some(part));
+        stack.push(Frame {
+            address,
+            items,
+            kept: Vec::new(),
+            current: None,
+        });
+        return Ok(None);
     }
-    if numpy_loaded(py, numpy) && value.is_exact_instance_of::<PyUntypedArray>() {
-        let array = value.cast::<PyUntypedArray>().map_err(|_| LeftWhole)?;
-        let shape = array.shape().to_vec();
-        // A float's text is three characters at least (`0.0`, `inf`), a bool's four, a
-        // complex number's or a str's (quoted) two; any other value's one.
-        let cell = match array.dtype().kind() {
-            b'f' => 3,
-            b'b' => 4,
-            b'c' | b'U' | b'S' => 2,
-            _ => 1,
-        };
-        let chars = array_min_chars(&shape, cell);
-        if chars <= *room {
-            *room -= chars;
-            return Ok(None);
-        }
-        // Along each axis, the items whose text may start within `room` (an item of the
-        // axis holds the axes after it): the first item past `room` is left out.
-        let mut slices = Vec::with_capacity(shape.len());
-        for (axis, &size) in shape.iter().enumerate() {
-            let item = array_min_chars(&shape[axis + 1..], cell).saturating_add(2);
-            let keep = (*room).max(0) / item + 1;
-            let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(size);
-            slices.push(PySlice::new(
-                py,
-                0,
-                isize::try_from(keep).unwrap_or(isize::MAX),
-                1,
-            ));
-        }
-        let index = PyTuple::new(py, slices).map_err(|_| LeftWhole)?;
-        let part = value.get_item(index).map_err(|_| LeftWhole)?;
-        *room = 0;
-        return Ok(Some(part));
+    let array_type = ndarray.get_or_insert_with(|| numpy_array_type(py));
+    if array_type.as_ref().is_some_and(|t| value.get_type().is(t)) {
+        return shown_array(value, room).map(Some);
     }
     *room = room.saturating_sub(scalar_min_chars(value));
-    Ok(None)
+    Ok(Some(Shown::Whole))
 }
 
-/// Whether numpy is imported (worked out once a walk, in `known`): only then can a value be
-/// an array, and asking numpy's array type would import it, a tenth of a second.
-fn numpy_loaded(py: Python<'_>, known: &mut Option<bool>) -> bool {
-    *known.get_or_insert_with(|| {
-        let name = pyo3::intern!(py, "numpy");
+/// The part of a numpy array whose text may start within `room`.
+fn shown_array<'py>(value: &Bound<'py, PyAny>, room: &mut i64) -> Result<Shown<'py>, LeftWhole> {
+    let py = value.py();
+    let array = value.cast::<PyUntypedArray>().map_err(|_| LeftWhole)?;
+    let shape = array.shape().to_vec();
+    // A float's text is three characters at least (`0.0`, `inf`), a bool's four, a complex
+    // number's or a str's (quoted) two; any other value's one.
+    let cell = match array.dtype().kind() {
+        b'f' => 3,
+        b'b' => 4,
+        b'c' | b'U' | b'S' => 2,
+        _ => 1,
+    };
+    let chars = array_min_chars(&shape, cell);
+    if chars <= *room {
+        *room -= chars;
+        return Ok(Shown::Whole);
+    }
+    // Along each axis, the items whose text may start within `room` (an item of the axis
+    // holds the axes after it): the first item past `room` is left out.
+    let mut slices = Vec::with_capacity(shape.len());
+    for (axis, &size) in shape.iter().enumerate() {
+        let item = array_min_chars(&shape[axis + 1..], cell).saturating_add(2);
+        let keep = (*room).max(0) / item + 1;
+        let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(size);
+        slices.push(PySlice::new(
+            py,
+            0,
+            isize::try_from(keep).unwrap_or(isize::MAX),
+            1,
+        ));
+    }
+    let index = PyTuple::new(py, slices).map_err(|_| LeftWhole)?;
+    let part = value.get_item(index).map_err(|_| LeftWhole)?;
+    *room = 0;
+    Ok(Shown::Part(part))
+}
+
+/// The part of `value` whose text starts within `room` characters, or None when that is
+/// all of it. The walk keeps its own stack: a thread's may be small.
+fn shown_value<'py>(
+    value: &Bound<'py, PyAny>,
+    room: i64,
+) -> Result<Option<Bound<'py, PyAny>>, LeftWhole> {
+    let py = value.py();
+    let mut room = room;
+    let mut stack: Vec<Frame<'py>> = Vec::new();
+    let mut ndarray = None;
+    let mut found = enter(value, &mut room, &mut stack, &mut ndarray)?;
+    loop {
+        if let Some(shown) = found.take() {
+            // What the top frame's current item came to; the value itself at the bottom.
+            let Some(frame) = stack.last_mut() else {
+                return Ok(match shown {
+                    Shown::Whole => None,
+                    Shown::Part(part) => Some(part),
+                });
+            };
+            let Some((key, item)) = frame.current.take() else {
+                return Err(LeftWhole);
+            };
+            match shown {
+                Shown::Whole => frame.kept.push((key, item)),
+                Shown::Part(part) => {
+                    frame.kept.push((key, part));
+                    let Some(frame) = stack.pop() else {
+                        return Err(LeftWhole);
+                    };
+                    found = Some(Shown::Part(frame.part(py)?));
+                    continue;
+                }
+            }
+        }
+        let Some(frame) = stack.last_mut() else {
+            return Err(LeftWhole);
+        };
+        match frame.items.next_item()? {
+            None => {
+                // Every item shows: so does the container, as it is.
+                stack.pop();
+                found = Some(Shown::Whole);
+            }
+            Some(_) if room <= 0 => {
+                // This item's text starts past `room`: the container ends before it.
+                let Some(frame) = stack.pop() else {
+                    return Err(LeftWhole);
+                };
+                found = Some(Shown::Part(frame.part(py)?));
+            }
+            Some((key, item)) => {
+                // `, ` before all but the first; in a dict the key (quoted if a str) and `: `.
+                let mut chars = if frame.kept.is_empty() { 0 } else { 2 };
+                if let Some(key) = &key {
+                    chars += 2 + if key.is_exact_instance_of::<PyString>() {
+                        let length = key.len().map_err(|_| LeftWhole)?;
+                        i64::try_from(length).unwrap_or(i64::MAX).saturating_add(2)
+                    } else {
+                        scalar_min_chars(key)
+                    };
+                }
+                room = room.saturating_sub(chars);
+                frame.current = Some((key, item.clone()));
+                found = enter(&item, &mut room, &mut stack, &mut ndarray)?;
+            }
+        }
+    }
+}
+
+/// numpy's array type, when numpy is imported (else no value can be an array, and asking
+/// for numpy's C API would import it, a tenth of a second): read from the module that
+/// holds that API, so a stand-in for numpy (None in `sys.modules`, to block it; a stub
+/// module) makes no call into it.
+fn numpy_array_type(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
+    // numpy 2's module first, then numpy 1's: the one imported holds `_ARRAY_API`.
+    for name in ["numpy._core.multiarray", "numpy.core.multiarray"] {
+        let name = PyString::new(py, name);
         // SAFETY: the GIL is held; `PyImport_GetModule` returns a new reference, or NULL
         // (with an error only when the lookup itself failed, taken here).
-        let module = unsafe { pyo3::ffi::PyImport_GetModule(name.as_ptr()) };
-        if module.is_null() {
+        let module = unsafe {
+            Bound::from_owned_ptr_or_opt(py, pyo3::ffi::PyImport_GetModule(name.as_ptr()))
+        };
+        let Some(module) = module else {
             let _ = PyErr::take(py);
-            return false;
+            continue;
+        };
+        if module.hasattr("_ARRAY_API").unwrap_or(false) {
+            return module.getattr("ndarray").ok();
         }
-        // SAFETY: a new reference, released here.
-        unsafe { pyo3::ffi::Py_DECREF(module) };
-        true
-    })
+    }
+    None
 }
 
 /// The fewest characters of the text of a value that is no list, tuple, dict, str or array,
@@ -304,14 +402,14 @@ fn scalar_min_chars(value: &Bound<'_, PyAny>) -> i64 {
 /// walk makes objects, so a collection's finalizers may run, and another thread with them.
 /// A change of size ends the walk ([`LeftWhole`]): the result is then rendered whole, as
 /// before.
-struct DictItems<'a, 'py> {
-    dict: &'a Bound<'py, PyDict>,
+struct DictItems<'py> {
+    dict: Bound<'py, PyDict>,
     position: pyo3::ffi::Py_ssize_t,
     size: pyo3::ffi::Py_ssize_t,
 }
 
-impl<'a, 'py> DictItems<'a, 'py> {
-    fn new(dict: &'a Bound<'py, PyDict>) -> Self {
+impl<'py> DictItems<'py> {
+    fn new(dict: Bound<'py, PyDict>) -> Self {
         // SAFETY: the GIL is held (`dict` is bound) and `dict` is a dict.
         let size = unsafe { pyo3::ffi::PyDict_Size(dict.as_ptr()) };
         Self {
@@ -322,7 +420,7 @@ impl<'a, 'py> DictItems<'a, 'py> {
     }
 }
 
-impl<'py> Iterator for DictItems<'_, 'py> {
+impl<'py> Iterator for DictItems<'py> {
     type Item = Result<(Bound<'py, PyAny>, Bound<'py, PyAny>), LeftWhole>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -371,8 +469,5 @@ pub fn shown_part<'py>(
     value: &Bound<'py, PyAny>,
     room: i64,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    catch_panics(|| {
-        let mut left = room;
-        Ok(shown_value(value, &mut left, &mut Vec::new(), &mut None).unwrap_or(None))
-    })
+    catch_panics(|| Ok(shown_value(value, room).unwrap_or(None)))
 }

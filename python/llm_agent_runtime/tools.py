@@ -2781,7 +2781,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, default=_json_default_checked, allo
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _render(result: Any) -> str:
+def _render(result: Any, whole: Any = None) -> str:
     r"""The text the model sees for a tool's result: JSON where it can be, else `str`.
 
     A str is returned as is (a str-based enum as its value's text), and bytes as text (UTF-8,
@@ -2793,7 +2793,8 @@ def _render(result: Any) -> str:
     value, bytes as text, any other by `str`, and so is a float JSON has no number for inside
     a structure (NaN as `"nan"`, infinity as `"inf"`), so the text is strict JSON. JSON keeps
     non-ASCII text as it is; a lone surrogate in it is escaped (`\udcff`), so the text always
-    has a UTF-8 form.
+    has a UTF-8 form. `result` may be the part of `whole` that shows (`_rendered_to_show`):
+    where JSON refuses it, the text is then `whole`'s `str`.
 
     Raises:
         TypeError: For a generator (or async generator), also one inside a structure: its
@@ -2846,7 +2847,7 @@ def _render(result: Any) -> str:
         fix = "await it in the tool" if what.startswith("an awaitable") else "return a list instead"
         raise TypeError(f"the tool returned {what} inside its result; {fix}") from None
     except (TypeError, ValueError, RecursionError):  # not JSON, a cycle, or nested too deep
-        return str(result)
+        return str(result if whole is None else whole)
     if not text.isascii() and _SURROGATE.search(text):
         # A lone surrogate (say, from `os.fsdecode`) has no UTF-8 form: JSON escapes it.
         text = _SURROGATE.sub(_escape_surrogate, text)
@@ -2856,18 +2857,23 @@ def _render(result: Any) -> str:
 _LOOKAHEAD = 8
 """Characters past `max_chars` whose text `_truncate` may read (it steps back out of an
 escape or a surrogate pair), with room to spare."""
+_MAX_ROOM = 2**63 - 1
+"""The most characters `shown_part` counts to (a limit past it shows every result whole)."""
 
 
-def _shown(result: Any, chars: int) -> Any:
-    """The part of a tool's result its text can show in `chars` characters (`shown_part`).
+def _rendered_to_show(result: Any, max_chars: int) -> str:
+    """The text of a tool's result, of which `max_chars` characters are shown.
 
-    Rendering a result of millions of rows whole, to cut it to a few thousand characters,
-    took seconds on the event loop and hundreds of megabytes. What lies past the part is
-    not looked at (a generator there is not refused). A result that holds itself, or is
-    nested too deep to walk, is left whole (its text is then its `str`, as before).
+    Of a result far longer, only the part that shows is rendered (`shown_part`), into the
+    text the whole would start with: rendering millions of rows whole, to cut them to a
+    few thousand characters, took seconds on the event loop and hundreds of megabytes. What
+    lies past the part is not looked at (a generator there is not refused). A part whose
+    text falls back to `str` (JSON refuses something in it) gives the whole result's `str`,
+    whose start differs (numpy elides a long array's middle). A result that holds itself,
+    or is nested too deep to walk, is rendered whole, as before.
     """
-    part = shown_part(result, chars)
-    return result if part is None else part
+    part = shown_part(result, min(max_chars + _LOOKAHEAD, _MAX_ROOM))
+    return _render(result) if part is None else _render(part, whole=result)
 
 
 def _refuse_awaitable_result(result: Any) -> None:
@@ -3217,7 +3223,7 @@ class ToolRegistry:
         try:
             render = _RENDER_EXACT.get(type(result))
             if render is None:
-                text: str = _render(_shown(result, max_chars + _LOOKAHEAD))
+                text: str = _rendered_to_show(result, max_chars)
             else:
                 text = render(result)
         except Exception as error:  # e.g. an int over the str conversion limit, a bad __repr__
