@@ -67,8 +67,8 @@ from llm_agent_runtime.orchestration._checks import (
     short_repr,
 )
 from llm_agent_runtime.providers.base import (
+    _OPEN_CALLS,
     INCOMPLETE_STOP_REASONS,
-    OPEN_CALLS,
     PAUSE_STOP_REASONS,
     SAFETY_STOP_REASONS,
     ChatProvider,
@@ -1801,8 +1801,8 @@ class AgentRuntime(Unshared):
                     if budget is not None:  # a spent budget pays for no further model call
                         budget.check()
                     model_start = perf()
-                    outer = OPEN_CALLS.get(task)  # a run whose model is itself a run: put back
-                    OPEN_CALLS[task] = bill
+                    outer = _OPEN_CALLS.get(task)  # a run whose model is itself a run: put back
+                    _OPEN_CALLS[task] = bill
                     try:
                         # Streamed only while someone listens (the event log keeps no delta).
                         if self._tracer is not None:
@@ -1823,9 +1823,9 @@ class AgentRuntime(Unshared):
                         raise
                     finally:
                         if outer is None:
-                            OPEN_CALLS.pop(task, None)
+                            _OPEN_CALLS.pop(task, None)
                         else:
-                            OPEN_CALLS[task] = outer
+                            _OPEN_CALLS[task] = outer
                     model_ms = (perf() - model_start) * 1000.0
                     if type(reply) is _ProviderReply:
                         usage = reply.usage
@@ -2102,8 +2102,8 @@ class AgentRuntime(Unshared):
                     reasoning=saved.get("reasoning", ()),
                 )
             else:
-                outer = OPEN_CALLS.get(task)  # a run whose model is itself a run: put back
-                OPEN_CALLS[task] = bill
+                outer = _OPEN_CALLS.get(task)  # a run whose model is itself a run: put back
+                _OPEN_CALLS[task] = bill
                 try:
                     # An unstreamed call is the provider's own coroutine: one frame, not two.
                     if self._tracer is not None:
@@ -2140,9 +2140,9 @@ class AgentRuntime(Unshared):
                     raise
                 finally:
                     if outer is None:
-                        OPEN_CALLS.pop(task, None)
+                        _OPEN_CALLS.pop(task, None)
                     else:
-                        OPEN_CALLS[task] = outer
+                        _OPEN_CALLS[task] = outer
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
                 raise AgentLoopError(

@@ -23,7 +23,7 @@ from llm_agent_runtime import (
     StreamEnd,
     Usage,
 )
-from llm_agent_runtime.providers.base import OPEN_CALLS, Message, bill_caller
+from llm_agent_runtime.providers.base import _OPEN_CALLS, Message, bill_caller
 
 from .conftest import PROVIDERS, make_provider
 from .fake_server import FakeLlmServer, Reply, Turn, anthropic_error_event, anthropic_event, sse
@@ -274,7 +274,7 @@ async def test_a_runs_budget_counts_a_stream_it_cut_after_the_usage_came(
     billed = 1000 if retried else 500
     assert budget.used_tokens == billed
     assert runtime.metrics.snapshot().input_tokens == billed
-    assert OPEN_CALLS == {}  # the run's call is over, however it ended
+    assert _OPEN_CALLS == {}  # the run's call is over, however it ended
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -388,4 +388,4 @@ async def test_a_run_whose_model_runs_another_run_keeps_its_own_billing() -> Non
     model = AgentAsModel([ChatResponse("outer", usage=Usage(20, 2))])
     assert (await outer.run_agent_with_provider("outer", "hi", model)).final_answer == "outer"
     assert (inner_budget.used_tokens, outer_budget.used_tokens) == (4, 29)
-    assert OPEN_CALLS == {}
+    assert _OPEN_CALLS == {}

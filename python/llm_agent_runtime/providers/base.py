@@ -365,7 +365,7 @@ _USAGE_COUNTS = (
 )
 
 
-OPEN_CALLS: dict[Any, Callable[[Usage], None] | None] = {}
+_OPEN_CALLS: dict[Any, Callable[[Usage], None] | None] = {}
 """The sink of `bill_caller`, by the task whose model call is in progress: a runtime's run
 sets its own around each of its calls (its task is the key, so a task started during the
 call, which copies its context, is not it)."""
@@ -383,7 +383,7 @@ def bill_caller(usage: Usage) -> None:
     comes from the task of the run's model call in progress; otherwise the provider's own
     accounting is all there is.
     """
-    sink = OPEN_CALLS.get(current_task())
+    sink = _OPEN_CALLS.get(current_task())
     if sink is not None:
         sink(usage)
 
