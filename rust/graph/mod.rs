@@ -843,6 +843,11 @@ fn add_entities_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> 
     entity_names(value, "add_entities")
 }
 
+/// `remove_entities`'s `ids`: a list of entity names.
+fn remove_entities_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
+    entity_names(value, "remove_entities")
+}
+
 /// `subgraph`'s `ids`: a list of entity names.
 fn subgraph_ids_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedStr>> {
     entity_names(value, "subgraph")
@@ -1026,13 +1031,29 @@ impl PyGraphStore {
         self.mutate_with(py, detached, |s| s.update_entity(&id, label, properties))
     }
 
-    /// Removes an entity and every relationship touching it.
+    /// Removes an entity and every relationship touching it. O(entities + relationships):
+    /// to remove many, `remove_entities` takes one pass for all.
     fn remove_entity(
         &self,
         py: Python<'_>,
         #[pyo3(from_py_with = id_arg)] id: PyBackedStr,
     ) -> PyResult<()> {
-        self.mutate_detached(py, |s| s.remove_entity(&id).map(|_| ()))
+        self.mutate_detached(py, |s| s.remove_entity(&id))
+    }
+
+    /// Removes entities by id, and every relationship touching them, in one pass over the
+    /// relationships; all or nothing. The graph is the one `remove_entity` of each in turn
+    /// leaves (entity order included).
+    ///
+    /// Raises:
+    ///     GraphError: When an id is unknown or named twice, or is not valid Unicode (a lone
+    ///         surrogate); nothing is removed then.
+    fn remove_entities(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = remove_entities_ids_arg)] ids: Vec<PyBackedStr>,
+    ) -> PyResult<()> {
+        self.mutate_detached(py, |s| s.remove_entities(&ids))
     }
 
     /// Whether `id` is an entity (False for a `str` that is not valid Unicode, which no

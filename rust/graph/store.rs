@@ -21,7 +21,7 @@ use serde_json::map::Entry;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::alloc::{collected, filled, reserve};
+use super::alloc::{collected, filled, reserve, with_capacity};
 use super::props::{within_max_depth, MAX_DEPTH};
 use crate::errors::{CoreError, CoreResult};
 
@@ -595,6 +595,9 @@ impl Kinds {
 /// No relationship (the end of a list in [`Links`]).
 const NONE: u32 = u32::MAX;
 
+/// A removed entity's new index, in [`Store::remove_entities`].
+const REMOVED: u32 = u32::MAX;
+
 /// The relationships at one end of each entity (leaving it, or reaching it), as a linked
 /// list through relationship indices (in insertion order): 8 bytes per entity and 4 per
 /// relationship, and O(1) to extend.
@@ -1073,36 +1076,89 @@ impl Store {
         Ok(())
     }
 
-    /// Removes an entity and every relationship touching it. O(entities + relationships).
-    pub fn remove_entity(&mut self, id: &str) -> CoreResult<Entity> {
-        let removed = self.index_of(id)?;
+    /// Removes entity `id` and every relationship touching it (see
+    /// [`Store::remove_entities`]).
+    ///
+    /// # Errors
+    /// As [`Store::remove_entities`].
+    pub fn remove_entity(&mut self, id: &str) -> CoreResult<()> {
+        self.remove_entities(&[id])
+    }
+
+    /// Removes entities `ids`, and every relationship touching them, in one pass over the
+    /// relationships: the store is the one removing them one at a time, in this order,
+    /// leaves (each removal moves the last entity into the freed slot).
+    ///
+    /// # Errors
+    /// [`CoreError::Graph`] for an unknown id, or one named twice, and "out of memory" when
+    /// the removal's buffers do not fit: all checked before anything changes, so a failed
+    /// call removes nothing.
+    pub fn remove_entities<S: AsRef<str>>(&mut self, ids: &[S]) -> CoreResult<()> {
+        let mut order = with_capacity(ids.len(), "the entities to remove")?;
+        let mut removed = rustc_hash::FxHashSet::default();
+        removed
+            .try_reserve(ids.len())
+            .map_err(|_| CoreError::Graph("out of memory: the entities to remove".into()))?;
+        for id in ids {
+            let id = id.as_ref();
+            let i = self.index_of(id)?;
+            if !removed.insert(i) {
+                return Err(CoreError::Graph(format!(
+                    "entity {id:?} is named twice among those to remove"
+                )));
+            }
+            order.push(i);
+        }
+        let Some(&lowest) = order.iter().min() else {
+            return Ok(());
+        };
         self.store_entities()?;
-        self.index.reserve_for_removal(&self.entities, removed)?;
+        // Where each entity ends up (`REMOVED` for those removed), for the relationships.
+        let mut new_index = if self.relationship_count() > 0 {
+            collected(0..self.entities.len() as u32, "the entities' new indices")?
+        } else {
+            Vec::new()
+        };
+        self.index.reserve_for_removal(&self.entities, lowest)?;
+        // Nothing fails past this point.
         self.store_relationships();
         self.unlink_all();
-        let kinds = &mut self.kinds;
-        self.relationships.retain(|r| {
-            let keep = r.from != removed && r.to != removed;
-            if !keep {
-                kinds.release(r.kind);
-            }
-            keep
-        });
-        let last = (self.entities.len() - 1) as u32;
-        self.index.swap_remove(&self.entities, removed);
-        let entity = self.entities.swap_remove(removed as usize);
-        if removed != last {
-            // The last entity moved into the freed slot: re-point its relationships.
-            for r in &mut self.relationships {
-                if r.from == last {
-                    r.from = removed;
-                }
-                if r.to == last {
-                    r.to = removed;
-                }
+        // The original index of the entity in each slot that a removal refilled.
+        let mut occupant: FxHashMap<u32, u32> = FxHashMap::default();
+        // The slot of each entity a removal moved, by original index.
+        let mut slot_of: FxHashMap<u32, u32> = FxHashMap::default();
+        for &r in &order {
+            let slot = slot_of.remove(&r).unwrap_or(r);
+            let last = (self.entities.len() - 1) as u32;
+            let moved = occupant.remove(&last).unwrap_or(last);
+            self.index.swap_remove(&self.entities, slot);
+            self.entities.swap_remove(slot as usize);
+            if slot != last {
+                slot_of.insert(moved, slot);
+                occupant.insert(slot, moved);
             }
         }
-        Ok(entity)
+        if new_index.is_empty() {
+            return Ok(());
+        }
+        for (&original, &slot) in &slot_of {
+            new_index[original as usize] = slot;
+        }
+        for &r in &order {
+            new_index[r as usize] = REMOVED;
+        }
+        let kinds = &mut self.kinds;
+        let moved_to = |i: u32| new_index.get(i as usize).copied().unwrap_or(REMOVED);
+        self.relationships.retain_mut(|r| {
+            let (from, to) = (moved_to(r.from), moved_to(r.to));
+            if from == REMOVED || to == REMOVED {
+                kinds.release(r.kind);
+                return false;
+            }
+            (r.from, r.to) = (from, to);
+            true
+        });
+        Ok(())
     }
 
     /// Adds a relationship between existing entities (parallel edges allowed).
