@@ -448,3 +448,46 @@ async def test_reasoning_in_the_total_is_counted_once(
     async with make_provider("openai", server, retry=ONCE) as llm:
         got = (await llm.chat(USER)).usage
     assert (got.input_tokens, got.output_tokens, got.reasoning_tokens) == expected
+
+
+async def test_a_blank_finish_reason_is_none(server: FakeLlmServer) -> None:
+    # Some compatible servers send "" where OpenAI sends null, in every chunk: taken as a
+    # reason, a stream cut before [DONE] was a whole reply, half an answer the run's final.
+    headers = {"content-type": "text/event-stream"}
+    cut = [
+        chunk({"role": "assistant", "content": "The answer is"}, ""),
+        chunk({"content": " 4"}, ""),
+    ]
+    server.script(
+        Reply(frames=cut, headers=headers, close_delimited=True),
+        Reply(frames=[*cut, chunk({}, "stop"), sse("[DONE]")], headers=headers),
+        _whole({"role": "assistant", "content": "42"}, ""),
+    )
+    async with make_provider("openai", server, retry=ONCE) as llm:
+        with pytest.raises(ProviderError, match=r"ended before \[DONE\]") as raised:
+            [event async for event in llm.chat_stream(USER)]
+        assert raised.value.retryable
+        events = [event async for event in llm.chat_stream(USER)]
+        whole = await llm.chat(USER)
+    end = events[-1]
+    assert isinstance(end, StreamEnd) and end.response.text == "The answer is 4"
+    assert end.response.stop_reason == "stop"
+    assert whole.text == "42" and whole.stop_reason is None
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["chat", "stream"])
+@pytest.mark.parametrize("blank", ["", "  \n"])
+async def test_anthropic_blank_system_argument_is_left_out(
+    streamed: bool, blank: str, server: FakeLlmServer
+) -> None:
+    # It went out as a blank text block before the system messages', which the API refuses.
+    server.fallback = Turn("ok")
+    async with make_provider("anthropic", server) as llm:
+        for messages in ([Message("system", "Be brief."), *USER], USER):
+            if streamed:
+                [event async for event in llm.chat_stream(messages, system=blank)]
+            else:
+                await llm.chat(messages, system=blank)
+    with_messages, alone = (r.json for r in server.requests)
+    assert with_messages["system"] == "Be brief."
+    assert "system" not in alone

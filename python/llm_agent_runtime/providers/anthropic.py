@@ -599,6 +599,8 @@ class AnthropicProvider(HttpProvider):
             "messages": wire_messages,
         }
         given_system = params.pop("system", None)
+        if isinstance(given_system, str) and not given_system.strip():
+            given_system = None  # a blank text block, which the API refuses
         if given_system is not None:  # blocks, to mark some with `cache_control`
             body["system"] = _system_prompt(given_system, system)
         elif system:

@@ -10,9 +10,9 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from llm_agent_runtime.errors import ProviderError, is_retryable_status
 from llm_agent_runtime.orchestration._checks import check_flag
@@ -166,11 +166,20 @@ class _AssistantMessage(BaseModel):
     function_call: _FunctionCall | None = None  # the legacy `functions` form of a call
 
 
+def _no_blank_reason(reason: object) -> object:
+    return reason if reason != "" else None
+
+
+# Some compatible servers send "" where OpenAI sends null, in every chunk: taken as a
+# reason, a stream cut before `[DONE]` passed for a whole reply.
+_FinishReason = Annotated[str | None, BeforeValidator(_no_blank_reason)]
+
+
 class _Choice(BaseModel):
     # Gemini's endpoint at times leaves the message out: an empty one, which the loop
     # reads by its finish reason (cut off, or no answer: re-prompted if so configured).
     message: _AssistantMessage = Field(default_factory=_AssistantMessage)
-    finish_reason: str | None = None
+    finish_reason: _FinishReason = None
 
 
 class _Usage(BaseModel):
@@ -259,7 +268,7 @@ class _Delta(BaseModel):
 class _ChunkChoice(BaseModel):
     index: int = 0
     delta: _Delta | None = None  # absent from Azure's content-filter annotation chunks
-    finish_reason: str | None = None
+    finish_reason: _FinishReason = None
     error: Any = None  # a generation that failed part way (OpenRouter): see `_choice_error`
 
 
