@@ -1469,6 +1469,10 @@ class AgentRuntime(Unshared):
                 first = resume.first_step if resume is not None else session.step_count
                 turn = history is not None
                 start = {"prompt": prompt, "turn": turn, "messages": len(session.messages)}
+                if session.messages:
+                    from llm_agent_runtime.persistence.checkpoints import history_crc
+
+                    start["history_crc"] = history_crc(session.messages)
                 start.update(context=context, memory_hits=hits)
                 self._durable_runs[session.session_id] = _DurableRun(run, first, start)
                 mode = "tools" if provider else "react"

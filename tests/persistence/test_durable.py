@@ -1659,3 +1659,46 @@ async def test_an_outage_of_step_checkpoints_is_a_warning_once_and_a_note_when_i
         ),
         ("INFO", f"checkpoint of steps 2-5 of session {sid} saved, after failing"),
     ]
+
+
+@pytest.mark.parametrize("change", ["summary", "insert", "edit"])
+async def test_a_fork_before_the_history_was_rewritten_is_refused_not_given_a_later_one(
+    change: str,
+) -> None:
+    # A fork of turn 2 rebuilt its history as the start of the latest one: after a hook's
+    # summary (or an insert, or an edit) it got later turns' text, and lost its own.
+    class Rewrite(ar.Middleware):
+        def on_user_message(self, session: ar.AgentSession, text: str) -> str:
+            if text == "q3":
+                if change == "summary":
+                    session.messages[:] = [{"role": "system", "content": "summary"}]
+                elif change == "insert":
+                    session.messages.insert(0, {"role": "system", "content": "note"})
+                else:
+                    session.messages[0]["content"] = "q1, edited"
+            return text
+
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(),
+        tools=Effects().tools(),
+        middlewares=[Rewrite()],
+        checkpoint_backend=backend,
+    )
+    session = runtime.create_session("a", "S")
+    await runtime.run_turn(session, "q1", ar.ScriptedProvider([FINAL]))
+    await runtime.run_turn(session, "q2", ar.ScriptedProvider([add_step(1), FINAL]))
+    await runtime.run_turn(session, "q3", ar.ScriptedProvider([add_step(2), FINAL]))
+    await runtime.run_turn(session, "q4", ar.ScriptedProvider([FINAL]))
+    for step in (2, 3):  # turn 2, which started with [q1, a1]
+        with pytest.raises(ar.PersistenceError, match="the chat history was changed"):
+            await runtime.fork("S", step)
+    assert not [k for k in backend.data if not k.startswith("session:S:") and k != "session:S"]
+    # Turn 1 started with no history; turns 3 and 4 with the rewritten one.
+    first = await runtime.resume(await runtime.fork("S", 1), ar.ScriptedProvider([]))
+    assert [m["content"] for m in first.messages] == ["q1", "finished"]
+    model = Recorder([FINAL])
+    third = await runtime.resume(await runtime.fork("S", 4), model)
+    expected = {"summary": ["summary"], "insert": ["note", "q1"], "edit": ["q1, edited"]}[change]
+    assert [m["content"] for m in third.messages][: len(expected)] == expected
+    assert third.prompt == "q3"

@@ -74,6 +74,7 @@ import sys
 import time
 import uuid
 import weakref
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, ParamSpec, TypeVar
@@ -285,11 +286,12 @@ class StepRecord:
                 "context" not in start
                 or (isinstance(start["context"], str) and _is_count(start.get("memory_hits")))
             )
+            and ("history_crc" not in start or _is_count(start["history_crc"]))
         ):
             raise PersistenceError(
                 "step record field 'run_start' must be an object with a string 'prompt', a "
                 "bool 'turn', a count of 'messages' (and maybe a string 'context' with a count "
-                "of 'memory_hits'), or null"
+                "of 'memory_hits', and a count 'history_crc'), or null"
             )
         # An earlier version's place for the step's requested call (see the class doc).
         requested = fields.pop("requested", None)
@@ -3297,6 +3299,14 @@ def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[s
         start = records[index].run_start
         if start is not None:
             history = [dict(m) for m in longest[: start["messages"]]]
+            if "history_crc" in start and history_crc(history) != start["history_crc"]:
+                raise PersistenceError(
+                    f"cannot fork at step {step}: the chat history was changed (not only "
+                    "added to) after the run that took it started, by a hook or the "
+                    "application, and the history that run started with is not saved; fork "
+                    "at a step of a run that started after the change",
+                    key=session_key(state.session_id),
+                )
             return index, start["prompt"], start["turn"], history
     before = records[: max(step - 1, 0)]
     first = next((n + 1 for n in range(len(before) - 1, -1, -1) if before[n].is_final), 0)
@@ -3308,6 +3318,19 @@ def _run_at(state: SessionState, step: int) -> tuple[int, str, bool, list[dict[s
             key=session_key(state.session_id),
         )
     return first, state.prompt, state.turn, [dict(m) for m in state.history or []]
+
+
+def history_crc(messages: Sequence[Any]) -> int:
+    """The CRC-32 of a chat history's record, as a run's start saves it.
+
+    A fork tells by it whether the session's later history still starts with the run's (a
+    hook or the application may rewrite a history between turns, not only add to it). The
+    same for a history and its stored form: a record's text is what it reads back as.
+
+    Raises:
+        PersistenceError: As `codec.encode`, for a history JSON cannot hold.
+    """
+    return zlib.crc32(_encode("history", list(messages)))
 
 
 def started_with(state: SessionState, first: int) -> dict[str, Any] | None:
