@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import heapq
+import math
 import os
 import time
 
@@ -553,3 +554,70 @@ async def test_shared_bucket_waiters_giving_up_one_by_one_cost_a_sleep_each_at_m
         await asyncio.gather(*tasks, return_exceptions=True)
         await limiter.client.delete(limiter.redis_key("k"))
         await limiter.close()
+
+
+async def test_a_caller_past_its_max_wait_is_refused_at_once_and_takes_nothing() -> None:
+    queue = await empty_queue(rate=1.0, capacity=2.0)
+    limiter, clock = queue.limiter, queue.clock
+    await queue.arrive("a")  # due at t = 1
+    await queue.arrive("b")  # due at t = 2
+    before = limiter.tokens("k")
+    with pytest.raises(TimeoutError, match=r"hold this call 3 s, past its max_wait of 2.5 s"):
+        await limiter.acquire("k", max_wait=2.5)
+    assert limiter.tokens("k") == before == -2.0  # nothing reserved: no one behind moved back
+    served = asyncio.create_task(limiter.acquire("k", max_wait=3.0))  # due at t = 3: within
+    await asyncio.sleep(0)
+    assert await queue.until_served() == [("a", 1.0), ("b", 2.0)]
+    await served
+    assert clock.now() == 3.0
+    await limiter.acquire("k", tokens=0.5, max_wait=0.5)  # refilled by t = 3.5
+    assert clock.now() == 3.5
+    assert limiter.try_acquire("k", 0.5) is False
+
+
+async def test_max_wait_zero_takes_only_what_the_bucket_holds_and_none_is_no_limit() -> None:
+    limiter = ar.RateLimiter(rate=1.0, capacity=2.0, clock=ar.FakeClock())
+    await limiter.acquire("k", 2.0, max_wait=0)
+    with pytest.raises(TimeoutError):
+        await limiter.acquire("k", 1.0, max_wait=0)
+    await limiter.acquire("k", 1.0, max_wait=None)  # waits its second
+    for bad in (-1.0, math.nan, True, "1"):
+        with pytest.raises(ValueError, match="max_wait"):
+            await limiter.acquire("k", max_wait=bad)  # type: ignore[arg-type]
+
+
+async def test_shared_limiter_refuses_a_caller_past_its_max_wait_without_taking() -> None:
+    # Callers giving up through wait_for left their reservations behind, which another
+    # worker's activity kept from being given back: under steady overload every later
+    # caller waited longer, gave up too, and the bucket granted nothing until demand stopped.
+    rate = 10.0
+    prefix = f"max-wait:{os.getpid()}:"
+    a, b = (ar.RedisRateLimiter(redis_url(), rate, 1, prefix=prefix) for _ in range(2))
+    await a.client.delete(a.redis_key("k"))
+    try:
+        granted = 0
+        refused = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 1.0
+
+        async def caller(limiter: ar.RedisRateLimiter) -> None:
+            nonlocal granted, refused
+            while loop.time() < end:
+                try:
+                    await limiter.acquire("k", max_wait=0.15)
+                    granted += 1
+                except TimeoutError:
+                    refused += 1
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(caller(lim) for lim in (a, b) for _ in range(5)))
+        # About rate * 1 s + capacity granted, never more; callers past their max_wait
+        # reserved nothing, so the bucket holds no debt for them.
+        assert refused > 0
+        assert 0.7 * rate <= granted <= rate * 1.2 + 1 + 2
+        level = float(await a.client.hget(a.redis_key("k"), "level"))
+        assert level >= -rate * 0.15 - 1e-6
+    finally:
+        await a.client.delete(a.redis_key("k"))
+        await a.close()
+        await b.close()

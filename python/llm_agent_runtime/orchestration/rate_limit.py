@@ -477,7 +477,9 @@ class RateLimiter(CopiedWhole):
         self._buckets[key] = (level, now)
         return False
 
-    async def acquire(self, key: Hashable = "default", tokens: float = 1.0) -> None:
+    async def acquire(
+        self, key: Hashable = "default", tokens: float = 1.0, max_wait: float | None = None
+    ) -> None:
         """Takes `tokens` from `key`'s bucket, waiting until they have been refilled.
 
         Waiters reserve tokens in arrival order (the bucket may go into debt), so each waits
@@ -489,20 +491,31 @@ class RateLimiter(CopiedWhole):
         given back, as the bucket may have dropped the tokens refilled for it at capacity
         since.
 
+        `max_wait` (seconds, None for no limit): a caller that would wait longer is refused at
+        once, its tokens not reserved, rather than reserving them and giving up later (as
+        `asyncio.wait_for` around `acquire` does: each such caller moves every later one
+        back until it gives up).
+
         Raises:
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
-                included).
+                included); `max_wait` is negative or not a number.
+            TimeoutError: The wait would be longer than `max_wait` (nothing was taken).
         """
         tokens = self._check(tokens)
+        limit = _checked_max_wait(max_wait)
         now = self._clock.now()
-        level = self._refill(key, now) - tokens
+        available = self._refill(key, now)
+        level = available - tokens
         if len(self._buckets) >= self._sweep_at:
             self._sweep(now)
         if level > -tokens * _ROUNDING:
             self._buckets[key] = (max(level, 0.0), now)
             return
-        self._buckets[key] = (level, now)
         wait = -level / self._rate
+        if wait > limit:
+            self._buckets[key] = (available, now)
+            raise TimeoutError(_too_long(wait, limit))
+        self._buckets[key] = (level, now)
         # What its tokens moved the waiters behind back by: a rate set while it waits
         # changes no one's time (they keep theirs), so neither does its refund.
         refund = tokens / self._rate
@@ -532,3 +545,22 @@ class RateLimiter(CopiedWhole):
             raise
         finally:
             self._room.leave(key, waiter)
+
+
+def _checked_max_wait(max_wait: object) -> float:
+    """`acquire`'s `max_wait` as a float (infinite for None).
+
+    Raises:
+        ValueError: It is negative, NaN, or not a number (a bool included).
+    """
+    if max_wait is None:
+        return math.inf
+    seconds = check_real("max_wait", max_wait)
+    if not seconds >= 0:  # NaN fails too
+        raise ValueError(f"max_wait must be >= 0 seconds or None, got {seconds}")
+    return seconds
+
+
+def _too_long(wait: float, limit: float) -> str:
+    """The message of a caller refused for a wait past its `max_wait`."""
+    return f"the rate limit would hold this call {wait:.3g} s, past its max_wait of {limit:g} s"

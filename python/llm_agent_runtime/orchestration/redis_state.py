@@ -24,7 +24,14 @@ from llm_agent_runtime.orchestration._checks import check_real, check_seconds
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
 from llm_agent_runtime.orchestration.clock import SYSTEM_CLOCK
 from llm_agent_runtime.orchestration.dedup import _cycle_repr, _key_repr
-from llm_agent_runtime.orchestration.rate_limit import _checked_bucket, _Waiter, _WaitingRoom, owed
+from llm_agent_runtime.orchestration.rate_limit import (
+    _checked_bucket,
+    _checked_max_wait,
+    _too_long,
+    _Waiter,
+    _WaitingRoom,
+    owed,
+)
 
 __all__ = ["RedisCircuitStateBackend", "RedisDeduplicator", "RedisRateLimiter"]
 
@@ -441,9 +448,12 @@ if mode == 2 then
     end
   end
 elseif mode == 1 then
-  level = level - tokens
-  granted = 1
-  if level < 0 then wait = -level / rate end
+  -- ARGV[6]: the longest wait the caller takes ('inf' for any); past it, nothing is taken.
+  wait = math.max(tokens - level, 0) / rate
+  if wait <= tonumber(ARGV[6]) then
+    level = level - tokens
+    granted = 1
+  end
 elseif level >= tokens then
   level = level - tokens
   granted = 1
@@ -692,8 +702,12 @@ class RedisRateLimiter(Unshared):
         tokens: float,
         mode: int,
         refund: tuple[int, bytes, float, bool] | None = None,
+        max_wait: float = math.inf,
     ) -> _Reply:
         """Runs the script; returns its reply (see `_BUCKET_SCRIPT`).
+
+        `max_wait`, for a reservation (mode 1): the longest wait it takes (else it takes
+        nothing).
 
         `bucket`: the settings the call started with (a refund goes to the bucket it gives
         back to). `refund`, for a refund (mode 2): the seq of the command it gives back and the
@@ -705,6 +719,8 @@ class RedisRateLimiter(Unshared):
         """
         redis_key = bucket.namespace + key
         args: list[Any] = [bucket.rate, bucket.capacity, tokens, mode, self._owner]
+        if mode == 1:
+            args.append(repr(max_wait))
         if refund is not None:
             after, bucket_id, until, fade = refund
             args += [after, bucket_id, until, int(fade)]
@@ -718,13 +734,17 @@ class RedisRateLimiter(Unshared):
             raise PersistenceError(f"Redis: {error}", key=redis_key) from error
         return _Reply(bool(granted), float(wait), int(seq), float(now), bucket_id, float(level))
 
-    async def _take(self, bucket: _Bucket, key: str, tokens: float, mode: int) -> _Reply:
-        """Runs the take (mode 0) or reserve (mode 1) command.
+    async def _take(
+        self, bucket: _Bucket, key: str, tokens: float, mode: int, max_wait: float = math.inf
+    ) -> _Reply:
+        """Runs the take (mode 0) or reserve (mode 1, waiting at most `max_wait`) command.
 
         If the caller is cancelled while the command is in flight, the command still runs to
         its end, what it took is given back, and then `CancelledError` is raised.
         """
-        command = keep_alive(asyncio.ensure_future(self._run(bucket, key, tokens, mode)))
+        command = keep_alive(
+            asyncio.ensure_future(self._run(bucket, key, tokens, mode, max_wait=max_wait))
+        )
         try:
             return await asyncio.shield(command)
         except asyncio.CancelledError:
@@ -784,7 +804,9 @@ class RedisRateLimiter(Unshared):
         self._this_process()
         return (await self._take(bucket, key, tokens, 0)).granted
 
-    async def acquire(self, key: str = "default", tokens: float = 1.0) -> None:
+    async def acquire(
+        self, key: str = "default", tokens: float = 1.0, max_wait: float | None = None
+    ) -> None:
         """Takes `tokens`, waiting (in arrival order across all workers) until refilled.
 
         A cancelled caller is not served. Its reservation is given back, and the callers of
@@ -795,22 +817,33 @@ class RedisRateLimiter(Unshared):
         nothing is given back, as the bucket may have dropped the tokens refilled for it at
         capacity since.
 
+        `max_wait` (seconds, None for no limit): a caller that would wait longer is refused at
+        once, its tokens not reserved. Give callers with a deadline one: a caller that
+        reserves and then gives up (`asyncio.wait_for` around `acquire`) moves every later
+        caller back, and once another worker has taken tokens since, its tokens are not given
+        back (see above), so under steady overload such callers can hold the bucket in debt
+        until demand stops.
+
         Raises:
             TypeError: `key` is not a str (part of a Redis key).
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
-                included).
+                included); `max_wait` is negative or not a number.
+            TimeoutError: The wait would be longer than `max_wait` (nothing was taken).
             PersistenceError: Redis failed.
         """
         _check_name("key", key)
         bucket = self._bucket  # read once: its refund goes to the bucket it reserved from
         tokens = self._check(tokens, bucket)
+        limit = _checked_max_wait(max_wait)
         self._this_process()
         worker = self._worker()  # this loop's, kept: `leave` may run once no loop is running
         room = worker.room(bucket.namespace)
         waiter = _Waiter()
         room.enter(key, waiter)
         try:
-            reply = await self._take(bucket, key, tokens, 1)
+            reply = await self._take(bucket, key, tokens, 1, limit)
+            if not reply.granted:
+                raise TimeoutError(_too_long(reply.wait, limit))
             now = SYSTEM_CLOCK.now()
             waiter.seq = reply.seq
             # Less the refunds that landed while its command was out.
