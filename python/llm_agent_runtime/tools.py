@@ -71,7 +71,12 @@ from pydantic import (
     create_model,
 )
 from pydantic.fields import FieldInfo
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaWarningKind, SkipJsonSchema
+from pydantic.json_schema import (
+    GenerateJsonSchema,
+    JsonSchemaValue,
+    JsonSchemaWarningKind,
+    SkipJsonSchema,
+)
 from pydantic_core import (
     PydanticSerializationError,
     PydanticUndefined,
@@ -1853,7 +1858,9 @@ def tool(
         takes_var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
         for index, param in enumerate(params):
             pname = param.name
-            annotation = Any if param.annotation is kind.empty else _enum_literals(param.annotation)
+            annotation = (
+                Any if param.annotation is kind.empty else _checked_as_shown(param.annotation)
+            )
             if param.kind is kind.VAR_KEYWORD:
                 has_var_keyword, var_keyword, var_keyword_name = True, annotation, pname
                 continue
@@ -2146,17 +2153,28 @@ def _check_hidden_default(tool_name: str, param: inspect.Parameter) -> None:
     )
 
 
-def _enum_literals(annotation: Any) -> Any:
-    """`annotation` with each `Literal` of plain Enum members taking the members' values too.
+def _checked_as_shown(annotation: Any) -> Any:
+    """`annotation`, validated as its schema shows it, before the tool is called.
 
-    pydantic's schema shows such a `Literal` (`Literal[Color.RED]`) by its members' values,
-    but its validator takes only the members, which are not equal to their values (unlike a
-    `str` or `int` Enum's): every value the model was shown was refused. A validator in front
-    turns a member's value, of the value's own type (`true` is not 1), into the member. Inside
-    generics, unions and `Annotated` too; a model's, dataclass's or TypedDict's fields are
-    their own class's.
+    * A `Literal` of plain Enum members takes the members' values too. pydantic's schema
+      shows it (`Literal[Color.RED]`) by its members' values, but its validator takes only
+      the members, which are not equal to their values (unlike a `str` or `int` Enum's):
+      every value the model was shown was refused. A validator in front turns a member's
+      value, of the value's own type (`true` is not 1), into the member.
+    * An `Iterable[T]` is a `list[T]` (an `Iterator[T]`, an iterator over one). pydantic
+      checks an iterable's items lazily, as the tool reads them: the tool ran, a bad item
+      failed inside it as the tool's own error, and a str (not the array the schema shows)
+      was taken for its characters.
+
+    Inside generics, unions and `Annotated` too; a model's, dataclass's or TypedDict's fields
+    are their own class's.
     """
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin in _LAZY_ITERABLES or annotation in _LAZY_ITERABLES:
+        listed = list[_checked_as_shown(args[0]) if args else Any]  # type: ignore[misc, valid-type]
+        if (origin or annotation) is Iterator:
+            return Annotated[listed, AfterValidator(iter)]
+        return listed
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         # An Enum's tuple values are shown as arrays, which JSON sends as lists.
         tupled = [m for m in annotation if type(m.value) is tuple]
@@ -2178,9 +2196,9 @@ def _enum_literals(annotation: Any) -> Any:
     if not args:
         return annotation
     if origin is Annotated:  # args: the type, then the metadata
-        inner = _enum_literals(args[0])
+        inner = _checked_as_shown(args[0])
         return annotation if inner is args[0] else Annotated[(inner, *args[1:])]
-    rewritten = tuple(_enum_literals(a) for a in args)
+    rewritten = tuple(_checked_as_shown(a) for a in args)
     if all(new is old for new, old in zip(rewritten, args, strict=True)):
         return annotation
     try:
@@ -2189,6 +2207,10 @@ def _enum_literals(annotation: Any) -> Any:
         return origin[rewritten]
     except TypeError:  # a generic that cannot be rebuilt so: left as pydantic reads it
         return annotation
+
+
+_LAZY_ITERABLES = (Iterable, Iterator)
+"""The annotations pydantic validates lazily: checked as lists (see `_checked_as_shown`)."""
 
 
 def _same_value(value: Any, expected: Any) -> bool:
@@ -2418,6 +2440,19 @@ class _ArgumentsJsonSchema(GenerateJsonSchema):
             return False
         return super().field_is_present(field)
 
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        """As pydantic's, with the names an int, float or bool key takes (`propertyNames`).
+
+        JSON names are strings: pydantic shows no constraint on them for such keys, and
+        a model that sent other names (`{"alice": 1}` for `dict[int, float]`) was refused.
+        """
+        shown = super().dict_schema(schema)
+        keys = schema.get("keys_schema")
+        names = _KEY_NAMES.get(keys["type"]) if keys is not None else None
+        if names is not None and "propertyNames" not in shown:
+            shown["propertyNames"] = names
+        return shown
+
     def encode_default(self, dft: Any) -> Any:
         """As pydantic encodes a default, but one holding `inf` or `nan` is left out.
 
@@ -2432,6 +2467,15 @@ class _ArgumentsJsonSchema(GenerateJsonSchema):
         if not _has_json_form(exact):  # left out, as pydantic leaves out what it cannot encode
             raise PydanticSerializationError(f"the default {short_repr(dft)} has no JSON form")
         return encoded
+
+
+_KEY_NAMES: dict[str, dict[str, Any]] = {
+    "int": {"pattern": "^-?(0|[1-9][0-9]*)$"},
+    "float": {"pattern": "^-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][-+]?[0-9]+)?$"},
+    "bool": {"enum": ["true", "false"]},
+}
+"""The JSON names of dict keys by their core schema type: what the key validator takes
+(each a JSON number's or boolean's text; pydantic takes more, such as `+1`)."""
 
 
 def _json_mode_fallback(adapter: TypeAdapter[Any]) -> Callable[[Any], Any]:

@@ -1,0 +1,90 @@
+"""A tool's arguments are checked as its schema shows them, before the tool runs: iterables
+(which pydantic checks lazily, inside the tool) and the names of dict keys that are not str."""
+
+from __future__ import annotations
+
+import re
+import typing
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import llm_agent_runtime as ar
+
+
+async def call(spec: ar.ToolSpec, arguments: Any) -> ar.Observation:
+    return await ar.ToolRegistry([spec]).call(spec.name, arguments)
+
+
+@pytest.mark.parametrize("iterable", [Iterable[int], typing.Iterable[int]])
+async def test_an_iterable_is_checked_whole_before_the_tool_runs(iterable: Any) -> None:
+    ran: list[list[int]] = []
+
+    def total(xs: Iterable[int]) -> int:
+        """Adds numbers, recording what it read."""
+        seen = []
+        for x in xs:
+            seen.append(x)
+        ran.append(seen)
+        return sum(seen)
+
+    total.__annotations__["xs"] = iterable  # typing's or collections.abc's
+    spec = ar.tool(total)
+    assert spec.parameters["properties"]["xs"] == {"items": {"type": "integer"}, "type": "array"}
+    assert await call(spec, {"xs": [1, 2]}) == ("3", None)
+    # A bad item was the tool's own error, raised after it had read the items before it.
+    bad = await call(spec, {"xs": [1, "a"]})
+    assert bad.error_kind == "permanent" and "invalid arguments: xs.1" in bad.content
+    # A str (the schema shows an array) was taken for its characters: "12" gave 3.
+    refused = await call(spec, {"xs": "12"})
+    assert refused.error_kind == "permanent" and "valid array" in refused.content
+    assert ran == [[1, 2]]
+
+
+async def test_an_iterator_gets_an_iterator_and_nested_iterables_are_lists() -> None:
+    @ar.tool
+    def first(xs: Iterator[str], groups: list[Iterable[int]] | None = None) -> str:
+        """The first item, and the types received."""
+        inner = [type(g).__name__ for g in groups or []]
+        return f"{next(xs)} {type(xs).__name__} {inner}"
+
+    assert await call(first, {"xs": ["a", "b"], "groups": [[1], []]}) == (
+        "a list_iterator ['list', 'list']",
+        None,
+    )
+    nested = await call(first, {"xs": ["a"], "groups": [[1, "x"]]})
+    assert nested.error_kind == "permanent" and "groups.0.1" in nested.content
+
+
+@ar.tool
+def by_key(ints: dict[int, float], floats: dict[float, str], flags: dict[bool, int]) -> str:
+    """Reads maps keyed by numbers and booleans."""
+    return repr((ints, floats, flags))
+
+
+def test_number_and_boolean_keys_show_the_names_they_take() -> None:
+    properties = by_key.parameters["properties"]
+    assert properties["ints"]["propertyNames"] == {"pattern": "^-?(0|[1-9][0-9]*)$"}
+    assert properties["floats"]["propertyNames"]["pattern"].startswith("^-?(0|[1-9][0-9]*)")
+    assert properties["flags"]["propertyNames"] == {"enum": ["true", "false"]}
+
+
+@given(
+    st.from_regex(re.compile(by_key.parameters["properties"]["ints"]["propertyNames"]["pattern"])),
+    st.from_regex(
+        re.compile(by_key.parameters["properties"]["floats"]["propertyNames"]["pattern"])
+    ),
+    st.sampled_from(["true", "false"]),
+)
+async def test_every_key_name_the_schema_allows_is_taken(i: str, f: str, b: str) -> None:
+    observation = await call(by_key, {"ints": {i: 1.5}, "floats": {f: "x"}, "flags": {b: 1}})
+    assert observation.error_kind is None, observation.content
+    assert observation.content == repr(({int(i): 1.5}, {float(f): "x"}, {b == "true": 1}))
+
+
+async def test_a_name_the_schema_refuses_is_refused() -> None:
+    observation = await call(by_key, {"ints": {"alice": 1.0}, "floats": {}, "flags": {}})
+    assert observation.error_kind == "permanent" and "ints.alice" in observation.content
