@@ -720,7 +720,8 @@ fn sections(text: &str, lone_close: bool) -> Sections {
     // `thought: str`). `fence_may_open`: whether a fence line opens one here, which is at
     // the start of an input (so a step wrapped whole in a fence keeps its closing line
     // for what it is) and anywhere in a final answer.
-    let mut fenced = false;
+    // The backticks of the open fence, which a bare fence line of as many closes.
+    let mut fenced: Option<usize> = None;
     let mut fence_may_open = false;
     // When the step is wrapped whole in a code fence (one left open before its first label):
     // the start of the last fence line, which closes it and ends the step when it is bare
@@ -731,8 +732,10 @@ fn sections(text: &str, lone_close: bool) -> Sections {
         // Found once a line: each label line and the step to the next line use it.
         let line_break_at = line_break(&bytes[line_start..]).map(|offset| line_start + offset);
         let line_end = line_break_at.unwrap_or(bytes.len());
-        if fenced {
-            fenced = !fence_at(bytes, line_start);
+        if let Some(ticks) = fenced {
+            if fence_closes(bytes, line_start, ticks) {
+                fenced = None;
+            }
         } else if let Some((label, label_pos, start, close)) = label_at(bytes, line_start) {
             if !seen_label {
                 seen_label = true;
@@ -827,7 +830,7 @@ fn sections(text: &str, lone_close: bool) -> Sections {
                 && memchr::memchr(b'`', rest).is_some()
                 && memchr::memmem::find_iter(rest, b"```").count() % 2 == 1
             {
-                fenced = true;
+                fenced = Some(last_fence_ticks(rest));
             }
         } else {
             if wrapper_close == Some(line_start) {
@@ -839,7 +842,7 @@ fn sections(text: &str, lone_close: bool) -> Sections {
             }
             // Looked at only where a fence may open: other lines pay nothing for fences.
             if fence_may_open && fence_at(bytes, line_start) {
-                fenced = true;
+                fenced = Some(fence_ticks(bytes, line_start));
             } else if fence_may_open
                 && open != Some(Label::FinalAnswer)
                 && !bytes[line_start..line_end]
@@ -996,6 +999,27 @@ fn fence_at(bytes: &[u8], line_start: usize) -> bool {
         .is_some_and(|line| line.starts_with(b"```"))
 }
 
+/// Whether the line at `line_start` closes a fence of `ticks` backticks: blanks, at least
+/// that many backticks, then only blanks (a line naming a language, or of fewer backticks,
+/// is the block's own, as in Markdown).
+fn fence_closes(bytes: &[u8], line_start: usize, ticks: usize) -> bool {
+    let run = fence_ticks(bytes, line_start);
+    let after = skip_line_lead(bytes, line_start) + run;
+    let rest = bytes.get(after..).unwrap_or_default();
+    let line_end = line_break(rest).unwrap_or(rest.len());
+    run >= ticks && rest[..line_end].iter().all(u8::is_ascii_whitespace)
+}
+
+/// The backticks of the last fence on a line (at least three: it holds one).
+fn last_fence_ticks(line: &[u8]) -> usize {
+    let Some(at) = memchr::memmem::rfind(line, b"```") else {
+        return 3;
+    };
+    let before = line[..at].iter().rev().take_while(|&&b| b == b'`').count();
+    let after = line[at..].iter().take_while(|&&b| b == b'`').count();
+    before + after
+}
+
 /// The index of the first line break in `bytes`: `\n`, or `\r`, which ends a line on its
 /// own too (old Mac line ends, a terminal's output), as in Python's `str.splitlines`; a
 /// `\r\n` is then a line end and an empty line, which holds no label.
@@ -1076,30 +1100,102 @@ fn string_close(bytes: &[u8]) -> Option<usize> {
     skip_string(bytes, 1)
 }
 
-/// Removes a surrounding Markdown code fence (three backticks, optionally `json`, then the
-/// value and three closing backticks), if there is one. The closing fence is looked for after
-/// a JSON value the fence opens with: a string in it may hold three backticks (Markdown in a
-/// note's text).
+/// Removes a surrounding Markdown code fence, if there is one: a run of three or more
+/// backticks, an info string (e.g. `json`) on its line, the value, and a closing fence as
+/// Markdown reads it: a line of at least as many backticks and nothing else (a run of
+/// backticks inside a line is the value's own: code writing a fence, Markdown showing one),
+/// or, when the value is JSON, any such run after it (the close written on the value's last
+/// line). A fence left open runs to the end. On one line (```` ```ls -la``` ````), the text
+/// between the runs, less a leading info word when a JSON value follows it.
 fn strip_fence(text: &str) -> &str {
-    let Some(rest) = text.strip_prefix("```") else {
+    let ticks = text.bytes().take_while(|&b| b == b'`').count();
+    if ticks < 3 {
         return text;
+    }
+    let rest = &text[ticks..];
+    let Some(nl) = line_break(rest.as_bytes()) else {
+        return one_line_fence(rest, ticks);
     };
-    // Skip the info string (e.g. `json`) up to the end of the fence line.
-    let body = match line_break(rest.as_bytes()) {
-        Some(nl) => &rest[nl + 1..],
-        None => rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric()),
-    };
+    let body = &rest[nl + 1..];
     let value = body.trim_start();
     let value_end = match value.as_bytes().first() {
         Some(b'{' | b'[') => matching_close(value.as_bytes()),
         Some(b'"') => string_close(value.as_bytes()),
         _ => None,
     };
-    // An index after an ASCII byte (a closing bracket or quote): a char boundary.
-    let from = value_end.map_or(0, |end| body.len() - value.len() + end);
-    match body.get(from..).and_then(|after| after.find("```")) {
-        Some(close) => body[..from + close].trim(),
-        None => body.trim(),
+    let close = match value_end {
+        // An index after an ASCII byte (a closing bracket or quote): a char boundary.
+        Some(end) => {
+            let from = body.len() - value.len() + end;
+            backtick_run(&body.as_bytes()[from..], ticks).map(|at| from + at)
+        }
+        None => closing_fence_line(body.as_bytes(), ticks),
+    };
+    close.map_or(body, |close| &body[..close]).trim()
+}
+
+/// The start of the first run of at least `ticks` backticks in `bytes`.
+fn backtick_run(bytes: &[u8], ticks: usize) -> Option<usize> {
+    let mut at = 0;
+    while let Some(offset) = bytes.get(at..).and_then(|b| memchr::memchr(b'`', b)) {
+        let start = at + offset;
+        let run = bytes[start..].iter().take_while(|&&b| b == b'`').count();
+        if run >= ticks {
+            return Some(start);
+        }
+        at = start + run;
+    }
+    None
+}
+
+/// The start of the first line of `bytes` that closes a fence of `ticks` backticks: blanks,
+/// at least that many backticks, and only blanks after them.
+fn closing_fence_line(bytes: &[u8], ticks: usize) -> Option<usize> {
+    let mut line_start = 0;
+    loop {
+        let line_end = line_break(&bytes[line_start..]).map_or(bytes.len(), |at| line_start + at);
+        let line = &bytes[line_start..line_end];
+        let lead = line
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        let run = line[lead..].iter().take_while(|&&b| b == b'`').count();
+        if run >= ticks && line[lead + run..].iter().all(u8::is_ascii_whitespace) {
+            return Some(line_start);
+        }
+        if line_end == bytes.len() {
+            return None;
+        }
+        line_start = line_end + 1;
+    }
+}
+
+/// [`strip_fence`] of a fence on one line, `rest` following its opening `ticks` backticks.
+/// Closed by a run of at least as many backticks that ends the line, it is code: the text
+/// between (so `ls -la` keeps its first word), less an info word (`json`) a JSON value
+/// follows. Left open, the line is a fence's opening one, its text an info string: the JSON
+/// value after an info word, if there is one, else nothing.
+fn one_line_fence(rest: &str, ticks: usize) -> &str {
+    let trimmed = rest.trim_end();
+    let run = trimmed.bytes().rev().take_while(|&b| b == b'`').count();
+    let closed = run >= ticks;
+    let inner = if closed {
+        &trimmed[..trimmed.len() - run]
+    } else {
+        trimmed
+    };
+    let word = inner.len()
+        - inner
+            .trim_start_matches(|c: char| c.is_ascii_alphanumeric())
+            .len();
+    let after = inner[word..].trim_start();
+    let tagged = word > 0 && after.len() < inner.len() - word;
+    if (tagged || !closed) && after.starts_with(['{', '[', '"']) {
+        after.trim()
+    } else if closed {
+        inner.trim()
+    } else {
+        ""
     }
 }
 
@@ -1179,13 +1275,31 @@ fn eat_exact(bytes: &[u8], at: usize, word: &[u8]) -> Option<usize> {
 
 /// Whether the action's line may be read whole as the tool name when an `Action Input:`
 /// label follows (LangChain's `Action: Search Tool`): not when the seed-form name `tool` is
-/// `FINAL_ANSWER`, nor when `rest`, the text after it, starts an input (`{`, `[`, `(`, `"`,
-/// a code fence, `:` or `=`): the seed form is read then (`Action: double {"n": 21}`).
+/// `FINAL_ANSWER`, nor when `rest`, the text after it, starts an input (`{`, a code fence,
+/// `:` or `=`; or `(`, `[` or `"` whose value is all the line holds): the seed form is read
+/// then (`Action: double {"n": 21}`, `Action: search("cats")`). A value with more text
+/// after it on the line is part of the name (`Action: calculator (python) Action Input:`).
 fn may_be_whole_name(tool: &str, rest: &str) -> bool {
     let rest = rest.trim_start();
-    !tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL)
-        && !rest.starts_with(['{', '[', '(', '"', ':', '='])
-        && !rest.starts_with("```")
+    if tool.eq_ignore_ascii_case(FINAL_ANSWER_TOOL)
+        || rest.starts_with(['{', ':', '='])
+        || rest.starts_with("```")
+    {
+        return false;
+    }
+    let bytes = rest.as_bytes();
+    let close = match bytes.first() {
+        Some(b'(') => matching_close_of(bytes, b"(", b")"),
+        Some(b'[') => matching_close(bytes),
+        Some(b'"') => string_close(bytes),
+        _ => return true,
+    };
+    // An index after an ASCII byte (a closing bracket or quote): a char boundary.
+    close.is_none_or(|end| {
+        let after = &bytes[end..];
+        let line_end = line_break(after).unwrap_or(after.len());
+        !after[..line_end].iter().all(u8::is_ascii_whitespace)
+    })
 }
 
 /// Where an `Action Input:` label stands on the action's line `line`, at its start or after

@@ -230,6 +230,13 @@ def test_first_action_wins_with_its_own_input() -> None:
         ("Action: Search Tool (beta) Action Input: rust", "Search Tool (beta)", "rust"),
         ('Action: Search Pro "2" Action Input: rust', 'Search Pro "2"', "rust"),
         ("Action: Search Tool {open Action Input: x", "Search", "Tool {open Action Input: x"),
+        # Also right after a one-word name: the label was part of the input.
+        ("Action: calculator (python) Action Input: 2 + 2", "calculator (python)", "2 + 2"),
+        ('Action: search "web" Action Input: cats', 'search "web"', "cats"),
+        ("Action: search [beta] Action Input: cats", "search [beta]", "cats"),
+        # A value the line ends with is the seed form's input, label or not.
+        ('Action: search("Action Input: x")', "search", "Action Input: x"),
+        ('Action: search "cats"\nAction Input: dogs', "search", "cats"),
     ],
 )
 def test_an_action_input_label_makes_the_action_line_the_tool_name(

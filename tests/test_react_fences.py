@@ -59,3 +59,53 @@ def test_a_step_wrapped_whole_in_a_fence_still_ends_at_an_invented_observation()
     step = ar.parse_react_step(reply)
     assert step.action == "apply" and step.action_input == {"a": 1}
     assert reply[step.end :].strip() == "```\nObservation: made up"
+
+
+MARKDOWN = "# Tool\nInstall it:\n```bash\npip install tool\n```\nthen\naction: restart"
+
+
+@pytest.mark.parametrize(
+    ("fenced", "body"),
+    [
+        # Backticks inside a line are the code's own: the input was cut at them (`fence = "`).
+        ('```python\nfence = "```"\nprint(fence)\n```', 'fence = "```"\nprint(fence)'),
+        (
+            "```\nUse `x`, e.g. ``` inline ``` markers\nend\n```",
+            "Use `x`, e.g. ``` inline ``` markers\nend",
+        ),
+        # A longer fence holds shorter ones (Markdown showing a code block): a YAML-like
+        # `action:` line after the inner block became a step label.
+        (f"````markdown\n{MARKDOWN}\n````", MARKDOWN),
+        # A line of backticks naming a language opens no fence's close.
+        ("```\nfirst\n```python\nsecond\n```", "first\n```python\nsecond"),
+        # Left open, a fence runs to the end.
+        (
+            "```js\n// markdown uses ``` for code\nconsole.log(1)",
+            "// markdown uses ``` for code\nconsole.log(1)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("form", ["Action Input: {fenced}", "Action Input:\n{fenced}"])
+def test_a_fence_closes_at_a_bare_line_of_as_many_backticks(
+    fenced: str, body: str, form: str
+) -> None:
+    reply = "Thought: t\nAction: write_file\n" + form.format(fenced=fenced)
+    step = ar.parse_react_step(reply)
+    assert step.action == "write_file"
+    assert step.action_input == body
+
+
+@pytest.mark.parametrize(
+    ("fenced", "value"),
+    [
+        ("```ls -la /tmp```", "ls -la /tmp"),  # it lost its first word, taken for a language
+        ("```print(42)```", "print(42)"),
+        ("````a ``` b````", "a ``` b"),
+        ('```json {"q": 1}```', {"q": 1}),
+        ('```{"q": 1}```', {"q": 1}),
+        ('```json {"q": "```"}```', {"q": "```"}),
+    ],
+)
+def test_a_fence_on_one_line_holds_its_whole_text(fenced: str, value: object) -> None:
+    step = ar.parse_react_step(f"Thought: t\nAction: run\nAction Input: {fenced}")
+    assert step.action_input == value
