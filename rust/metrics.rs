@@ -63,25 +63,30 @@ impl NamedCounters {
         Arc::clone(map.entry(Arc::from(name)).or_default())
     }
 
+    // Release adds and Acquire loads (`counts`): a snapshot reads the counters in the
+    // reverse of the order a call records them (an agent's failures, its calls, a tool's
+    // failures, its calls), so that a count it reads implies those recorded before it; with
+    // Relaxed, a weakly ordered CPU (ARM) could show more failures than calls. Free on x86.
+
     fn add_call(&self, name: &str) {
         // Fast path: the name is known, a shared lock and one atomic add.
         if let Some(c) = self.by_name.read().get(name) {
-            c.calls.fetch_add(1, Ordering::Relaxed);
+            c.calls.fetch_add(1, Ordering::Release);
             return;
         }
         self.get_or_insert(name)
             .calls
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, Ordering::Release);
     }
 
     fn add_failure(&self, name: &str) {
         if let Some(c) = self.by_name.read().get(name) {
-            c.failures.fetch_add(1, Ordering::Relaxed);
+            c.failures.fetch_add(1, Ordering::Release);
             return;
         }
         self.get_or_insert(name)
             .failures
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, Ordering::Release);
     }
 
     /// The names and their counters, copied under the lock (no counter is read here).
@@ -106,7 +111,7 @@ pub struct AgentCounts {
 fn counts(entries: &[Entry], counter: fn(&CallCounters) -> &AtomicU64) -> BTreeMap<String, u64> {
     entries
         .iter()
-        .map(|(name, counters)| (name.to_string(), counter(counters).load(Ordering::Relaxed)))
+        .map(|(name, counters)| (name.to_string(), counter(counters).load(Ordering::Acquire)))
         .collect()
 }
 
