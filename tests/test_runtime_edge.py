@@ -1856,3 +1856,22 @@ async def test_a_tools_background_task_runs_its_turn_once_the_run_let_go() -> No
     await asyncio.wait(background)
     assert outcome == ["ok"]
     assert [m["content"] for m in session.messages] == ["go", "ok", "again", "ok"]
+
+
+async def test_a_reply_that_is_not_text_is_refused_before_it_is_charged_or_shown() -> None:
+    # bytes went to listeners as the reply's text, into the metrics as tokens, and into a
+    # checkpointed run's event log as "b'...'", a text the model never wrote.
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(ar.AgentConfig(), checkpoint_backend=backend)
+    seen: list[str] = []
+    runtime.events.on(lambda event: seen.append(type(event).__name__))
+
+    async def bytes_reply(prompt: str) -> Any:
+        return b"Thought: x\nAction: FINAL_ANSWER 1"
+
+    with pytest.raises(ar.AgentLoopError, match="reply must be a str, got bytes"):
+        await runtime.run_agent("a", "q", bytes_reply)
+    assert seen == ["RunStarted", "ErrorEvent"]
+    snapshot = runtime.metrics.snapshot()
+    assert (snapshot.input_tokens, snapshot.output_tokens) == (0, 0)
+    assert not any(b"LlmResponse" in value for value in backend.data.values())

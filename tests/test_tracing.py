@@ -505,3 +505,43 @@ def test_an_error_whose_str_raises_stays_the_runs_error_in_a_trace() -> None:
         "agent.tool ERROR Interrupt ['Interrupt']",
         "agent.run ERROR Interrupt ['Interrupt']",
     ]
+
+
+DEADLINE_MID_STREAM = SETUP + textwrap.dedent(
+    """
+    import time
+
+    from llm_agent_runtime.providers.base import ChatResponse, StreamEnd, TextDelta
+
+    class Slow:
+        '''A model whose stream computes in the loop's thread, past the run's deadline.'''
+
+        async def chat(self, messages, tools=None, model=None, **params):
+            return ChatResponse(text="hi")
+
+        async def chat_stream(self, messages, tools=None, model=None, **params):
+            for i in range(10):
+                time.sleep(0.02)
+                yield TextDelta(text=f"w{i} ")
+            yield StreamEnd(response=ChatResponse(text="done"))
+
+    for mode in ("tools", "react"):
+        runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode, loop_timeout_ms=50))
+        runtime.events.on(lambda event: None)  # listened to: the reply is streamed
+        try:
+            asyncio.run(runtime.run_agent_with_provider("a", "q", Slow()))
+        except ar.AgentLoopError as error:
+            print(error)
+    for span in exporter.get_finished_spans():
+        events = [(e.name, dict(e.attributes or {}).get("exception.type")) for e in span.events]
+        print(span.name, span.status.status_code.name, span.status.description, events)
+    """
+)
+
+
+def test_a_deadline_passed_mid_stream_is_said_as_the_runs_timeout_on_its_span() -> None:
+    # The span named a private class (`_DeadlinePassed: `, an exception event of its type).
+    lines = _run(DEADLINE_MID_STREAM)
+    llm = [line for line in lines if line.startswith("agent.llm")]
+    assert llm == ["agent.llm ERROR the run's loop_timeout_ms passed []"] * 2
+    assert lines[0].startswith("agent loop timed out after 50 ms")

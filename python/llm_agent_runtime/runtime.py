@@ -179,6 +179,10 @@ class _DeadlinePassed(Exception):
     """The loop found the run's deadline passed before a step (`_run` reports the timeout)."""
 
 
+_DEADLINE_PASSED = "the run's loop_timeout_ms passed"
+"""The status of a span that `_DeadlinePassed` ends (the run's error names the timeout)."""
+
+
 _DEADLINE_SCOPE: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
     "_DEADLINE_SCOPE", default=None
 )
@@ -1838,6 +1842,8 @@ class AgentRuntime(Unshared):
                         if reply.stop_reason in INCOMPLETE_STOP_REASONS:
                             incomplete = reply.stop_reason
                         reply = str(reply)
+                    elif not isinstance(reply, str):  # before it is charged, shown or logged
+                        raise _not_text(reply)
                     if stops:
                         cut = cut_at_stop(reply, stops)
                         # It ended at a stop sequence, before a token limit cut it (a
@@ -5512,6 +5518,9 @@ def _traced(tracer: Any, name: str, attributes: dict[str, str] | None = None) ->
         try:
             yield span
         except BaseException as error:
+            if isinstance(error, _DeadlinePassed):  # a private signal: said as what it means
+                span.set_status(Status(StatusCode.ERROR, _DEADLINE_PASSED))
+                raise
             if name == "agent.tool":
                 cancelled = isinstance(error, asyncio.CancelledError)
                 span.set_attribute("tool.error_kind", "transient" if cancelled else "permanent")
