@@ -1311,6 +1311,37 @@ async def test_postgres_compare_and_sets_of_one_guard_meet_without_deadlock() ->
         await store.close()
 
 
+async def test_postgres_guarded_writes_whose_rows_cross_meet_without_deadlock() -> None:
+    # Each guarded write locked its guard's row, then its items': two whose guard was the
+    # other's item (a claim's renewal and its takeover) deadlocked. The server breaks one
+    # deadlock a second: with 8 such writers, the rest waited out the timeout (10 s) and
+    # failed, or got the server's DeadlockDetected.
+    store = ar.PostgresBackend(server_address("postgres"), table=f"kv_{uuid.uuid4().hex}")
+
+    async def deadlocks() -> int:
+        query = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        return int((await store._execute(None, query, []))[0][0])
+
+    async def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(40):
+            guard, item = ("g1", "g2") if rng.random() < 0.5 else ("g2", "g1")
+            if rng.random() < 0.5:
+                await store.batch_save_if(guard, b"1", {item: b"1", "x": b"1"})
+            else:
+                await store.batch_delete_if(guard, b"1", ["x", item])
+                await store.save(item, b"1")
+
+    try:
+        await store.batch_save({"g1": b"1", "g2": b"1"})
+        before = await deadlocks()
+        await asyncio.wait_for(asyncio.gather(*(writer(i) for i in range(8))), timeout=30)
+        assert await deadlocks() == before
+    finally:
+        await store._execute(None, f"DROP TABLE {store._table}", [])
+        await store.close()
+
+
 async def test_a_redis_batch_load_is_one_moment_of_its_keys() -> None:
     # Keys MGET found missing were read again one by one when one had been written since:
     # a read mixed batches (`{"b": ...}` alone, values of two batches) never stored so.

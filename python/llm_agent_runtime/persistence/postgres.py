@@ -57,6 +57,23 @@ _DEADLOCK_PAUSE = 0.05
 """Seconds, at most, before a statement aborted by a deadlock runs again (times its attempt)."""
 
 
+def _locked_rows(table: str) -> str:
+    """The CTE `locked`: the existing rows of the first parameter's (sorted) keys, locked.
+
+    They are locked in that order (`FOR UPDATE`), before a guarded statement reads its
+    guard. Every statement that locks several rows takes them in the order of their keys (a plain
+    batch too: see `batch_save`), so that no two wait for each other. Taken as a statement
+    needs them (the guard's row, then the items' as it writes them), two guarded writes whose
+    guard is the other's item (a resume claim's renewal and its takeover) deadlocked: the
+    server breaks one deadlock a second, and with a few such writers at once the rest timed
+    out waiting.
+    """
+    return (
+        f"locked AS MATERIALIZED (SELECT key, value FROM {table} "
+        "WHERE key = ANY(%s) ORDER BY key FOR UPDATE)"
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _values_upsert(table: str, rows: int) -> str:
     placeholders = ", ".join(["(%b, %b)"] * rows)  # %b: bytes go binary, unescaped
@@ -736,8 +753,10 @@ class PostgresBackend(Unshared):
         checked = check_items(items)
         if not checked:
             return
-        keys = _encode_keys(checked)
-        values = list(checked.values())
+        # In the order of their keys, as every statement locks rows (see `_locked_rows`).
+        rows = sorted(zip(_encode_keys(checked), checked.values(), strict=True))
+        keys = [key for key, _ in rows]
+        values = [value for _, value in rows]
         # One statement: one round trip, all rows or none. A multi-row VALUES list (one
         # prepared statement per row count) costs the server a third less than unnest();
         # big batches use unnest() to stay under the bind-parameter limit.
@@ -759,43 +778,43 @@ class PostgresBackend(Unshared):
     ) -> bool:
         """Stores every item only if `guard_key` holds `guard_value`, in one statement.
 
-        Returns whether it wrote. The guard's row is locked by the statement that writes: a
-        concurrent write of the guard waits for it, or, committed first, is what the check
-        sees. `FOR SHARE` when the guard stays; `FOR UPDATE` when it is one of `items` (a
-        compare-and-set of the guard itself, as the tool-call journal writes): a shared lock
-        would have to grow into the write's, and two such writes meeting would deadlock (a
-        second's stall until the server broke it; with three, every one timed out).
+        Returns whether it wrote. The statement first locks the rows it reads or writes
+        that exist, the guard's included, in the order of their keys (see `_locked_rows`):
+        a concurrent write of the guard waits for it, or, committed first, is what the check
+        sees.
         """
         guard = check_items({check_key(guard_key): guard_value})[guard_key]
         checked = check_items(items)
         if not checked:
             return await self.load(guard_key) == guard
-        encoded = _encode_keys(checked)
+        rows = sorted(zip(_encode_keys(checked), checked.values(), strict=True))
         guard_encoded = encode_key(guard_key)
-        lock = "UPDATE" if guard_encoded in encoded else "SHARE"
         query = (
+            f"WITH {_locked_rows(self._table)} "
             f"INSERT INTO {self._table} (key, value) "
             "SELECT * FROM unnest(%s::bytea[], %s::bytea[]) WHERE EXISTS ("
-            f"SELECT 1 FROM {self._table} WHERE key = %s AND value = %s FOR {lock}) "
+            "SELECT 1 FROM locked WHERE key = %s AND value = %s) "
             f"{_UPSERT} RETURNING true"
         )
-        params = [encoded, list(checked.values()), guard_encoded, guard]
-        rows = await self._execute(next(iter(checked)), query, params, batch=len(checked) > 1)
-        return bool(rows)
+        keys = [key for key, _ in rows]
+        params = [
+            sorted({guard_encoded, *keys}),
+            keys,
+            [value for _, value in rows],
+            guard_encoded,
+            guard,
+        ]
+        written = await self._execute(next(iter(checked)), query, params, batch=len(checked) > 1)
+        return bool(written)
 
     async def batch_delete_if(
         self, guard_key: str, guard_value: bytes, keys: Sequence[str]
     ) -> bool:
         """Deletes every key of `keys` only if `guard_key` holds `guard_value`, in one statement.
 
-        Returns whether the guard held. The guard's row is locked first, as `batch_save_if`
-        locks it, by the statement that deletes: a concurrent write of the guard waits for
-        it, or, committed first, is what the check sees. `FOR SHARE` when the guard stays;
-        `FOR UPDATE` when it is one of `keys`: a shared lock would have to grow into the
-        deletion's, and two such deletions meeting (each waiting for the other's shared lock
-        to go) would deadlock. A deadlock with another guarded call locking the rows in the
-        other order (a claim's takeover: its guard the claim, it writes the fence) is run
-        again, as `batch_save_if`'s is (see `_statement_unlocked`).
+        Returns whether the guard held. The rows are locked first, in the order of their
+        keys, as `batch_save_if` locks them: a concurrent write of the guard waits for it,
+        or, committed first, is what the check sees.
         """
         guard = check_items({check_key(guard_key): guard_value})[guard_key]
         wanted = check_keys(keys)
@@ -803,17 +822,17 @@ class PostgresBackend(Unshared):
             return await self.load(guard_key) == guard
         encoded = _encode_keys(wanted)
         guard_encoded = encode_key(guard_key)
-        lock = "UPDATE" if guard_encoded in encoded else "SHARE"
-        # Read twice, the guard's query is run once (materialized), before the deletion: its
-        # lock is taken first, and the deletion and the answer see the same check.
+        # Read twice, the guard's query is run once (materialized), after the locks: the
+        # deletion and the answer see the same check.
         query = (
-            f"WITH guard AS (SELECT 1 FROM {self._table} WHERE key = %s AND value = %s "
-            f"FOR {lock}), "
+            f"WITH {_locked_rows(self._table)}, "
+            "guard AS (SELECT 1 FROM locked WHERE key = %s AND value = %s), "
             f"gone AS (DELETE FROM {self._table} WHERE key = ANY(%s) "
             "AND EXISTS (SELECT 1 FROM guard)) "
             "SELECT EXISTS (SELECT 1 FROM guard)"
         )
-        rows = await self._execute(guard_key, query, [guard_encoded, guard, encoded])
+        params = [sorted({guard_encoded, *encoded}), guard_encoded, guard, encoded]
+        rows = await self._execute(guard_key, query, params)
         return bool(rows[0][0])
 
     async def batch_load(self, keys: Sequence[str]) -> dict[str, bytes]:
