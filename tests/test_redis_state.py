@@ -1073,10 +1073,8 @@ async def test_a_refund_is_made_while_every_command_since_came_from_the_same_lim
 # -- connections the server closed, or that died silently, are replaced before use --------------
 
 
-async def _close_server_side(*clients: Any) -> int:
-    """Makes the server close the pooled connections of `clients`, and only theirs."""
-    import redis.asyncio
-
+def _addresses(*clients: Any) -> set[str]:
+    """The addresses of the pooled connections of `clients`, as the server names them."""
     addresses = set()
     for client in clients:
         pool = client.connection_pool
@@ -1084,9 +1082,18 @@ async def _close_server_side(*clients: Any) -> int:
             if connection._writer is not None:
                 host, port = connection._writer.get_extra_info("sockname")[:2]
                 addresses.add(f"{host}:{port}")
+    return addresses
+
+
+async def _close_server_side(*clients: Any) -> int:
+    """Makes the server close the pooled connections of `clients`, and only theirs."""
+    import redis.asyncio
+
     admin = redis.asyncio.from_url(redis_url())
     try:
-        return sum([await admin.client_kill_filter(_type=None, addr=a) for a in addresses])
+        return sum(
+            [await admin.client_kill_filter(_type=None, addr=a) for a in _addresses(*clients)]
+        )
     finally:
         await admin.aclose()
 
@@ -1114,6 +1121,35 @@ async def test_state_survives_the_server_closing_pooled_connections() -> None:
     await backend.client.delete(prefix + "svc", limiter.redis_key("k"))
     for closable in (backend, limiter, dedup):
         await closable.close()
+
+
+async def test_a_connection_closed_while_the_loop_did_not_run_is_replaced_before_use() -> None:
+    # redis-py sees the end of a stream once the event loop has read it: when the loop had
+    # not run since the server closed the connection, the next command went out on it and
+    # failed ("Connection closed by server").
+    import redis
+
+    backend = ar.RedisBackend(redis_url(), prefix=f"unread:{os.getpid()}:")
+    limiter = ar.RedisRateLimiter(redis_url(), rate=1000, capacity=1000, prefix=backend.prefix)
+    try:
+        await backend.save("k", b"v")
+        assert await limiter.try_acquire("k")
+        for _ in range(3):
+            # Closed by a blocking client, this loop not running until the next command.
+            admin = redis.Redis.from_url(redis_url())
+            try:
+                for address in _addresses(backend.client, limiter.client):
+                    assert admin.client_kill_filter(_type=None, addr=address) == 1
+            finally:
+                admin.close()
+            time.sleep(0.05)  # the closings reach this host
+            assert await backend.load("k") == b"v"
+            assert await limiter.try_acquire("k")
+    finally:
+        await backend.delete("k")
+        await limiter.client.delete(limiter.redis_key("k"))
+        await backend.close()
+        await limiter.close()
 
 
 class _Blackhole:

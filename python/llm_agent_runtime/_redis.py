@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from llm_agent_runtime._cancelling import cancellations_so_far
 from llm_agent_runtime._loops import PerLoop
+from llm_agent_runtime._sockets import readable
 from llm_agent_runtime.errors import PersistenceError
 
 __all__ = [
@@ -254,10 +255,12 @@ async def _replace_if_dead(connection: Any) -> None:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     try:
-        # Data or an end of stream is waiting (redis-py 8 names it `can_read`; older versions
-        # check it before handing the connection out): a PING tells a push message from EOF.
+        # Data or an end of stream is waiting: a PING tells a push message from EOF. Asked of
+        # the socket: redis-py's `can_read` sees an end of stream only once the event loop
+        # has read it, and a loop that has not run since the server closed the connection
+        # has not (the command then went out on the closed connection, and failed).
         can_read = getattr(connection, "can_read", None)
-        waiting = can_read is not None and await can_read()
+        waiting = _socket_readable(connection) or (can_read is not None and await can_read())
         interval = connection.health_check_interval
         idle = interval and asyncio.get_running_loop().time() > connection.next_health_check
         if not (waiting or idle):
@@ -269,3 +272,14 @@ async def _replace_if_dead(connection: Any) -> None:
         pass
     await connection.disconnect()
     await connection.connect()
+
+
+def _socket_readable(connection: Any) -> bool:
+    """Whether the socket of a redis-py connection has data, or its end, to read now."""
+    writer = getattr(connection, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    try:
+        fd = sock.fileno() if sock is not None else -1
+    except OSError:
+        return True  # closed: a reconnection is due
+    return fd >= 0 and readable(fd)

@@ -9,7 +9,6 @@ import hashlib
 import math
 import random
 import re
-import select
 import weakref
 from collections.abc import (
     Awaitable,
@@ -25,6 +24,7 @@ from typing import Any, Generic, TypeVar
 from llm_agent_runtime._cancelling import cancellations_so_far
 from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._loops import PerLoop
+from llm_agent_runtime._sockets import readable
 from llm_agent_runtime.errors import PersistenceError
 from llm_agent_runtime.orchestration._calls import keep_alive, let_go
 from llm_agent_runtime.persistence._checks import (
@@ -1011,24 +1011,12 @@ def _closed_by_server(conn: Any) -> bool:
         if conn.closed:
             return True
         try:
-            if not _readable(pgconn.socket):
+            if not readable(pgconn.socket):
                 return False
             pgconn.consume_input()
         except Exception:
             return True  # libpq read the end of the stream, or an error
     return bool(conn.closed)
-
-
-def _readable(fd: int) -> bool:
-    """Whether the socket `fd` has data (or its end) to read now."""
-    if _poll is None:  # pragma: no cover - Windows
-        return bool(select.select([fd], [], [], 0)[0])
-    poller = _poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-_poll = getattr(select, "poll", None)
 
 
 async def _rows(conn: Any, query: str, params: Sequence[Any]) -> list[Any]:
