@@ -2170,11 +2170,10 @@ def _checked_as_shown(annotation: Any) -> Any:
     are their own class's.
     """
     origin, args = get_origin(annotation), get_args(annotation)
-    if origin in _LAZY_ITERABLES or annotation in _LAZY_ITERABLES:
+    lazy = annotation if origin is None else origin  # by identity: any object may annotate
+    if lazy is Iterable or lazy is Iterator:
         listed = list[_checked_as_shown(args[0]) if args else Any]  # type: ignore[misc, valid-type]
-        if (origin or annotation) is Iterator:
-            return Annotated[listed, AfterValidator(iter)]
-        return listed
+        return Annotated[listed, AfterValidator(iter)] if lazy is Iterator else listed
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         # An Enum's tuple values are shown as arrays, which JSON sends as lists.
         tupled = [m for m in annotation if type(m.value) is tuple]
@@ -2207,10 +2206,6 @@ def _checked_as_shown(annotation: Any) -> Any:
         return origin[rewritten]
     except TypeError:  # a generic that cannot be rebuilt so: left as pydantic reads it
         return annotation
-
-
-_LAZY_ITERABLES = (Iterable, Iterator)
-"""The annotations pydantic validates lazily: checked as lists (see `_checked_as_shown`)."""
 
 
 def _same_value(value: Any, expected: Any) -> bool:
