@@ -1113,20 +1113,28 @@ impl Store {
             return Ok(());
         };
         self.store_entities()?;
-        // Where each entity ends up (`REMOVED` for those removed), for the relationships.
-        let mut new_index = if self.relationship_count() > 0 {
+        self.index.reserve_for_removal(&self.entities, lowest)?;
+        // The original index of the entity in each slot that a removal refilled, and the
+        // slot of each entity a removal moved, by original index: at most one a removal.
+        let mut occupant: FxHashMap<u32, u32> = FxHashMap::default();
+        let mut slot_of: FxHashMap<u32, u32> = FxHashMap::default();
+        for map in [&mut occupant, &mut slot_of] {
+            map.try_reserve(order.len())
+                .map_err(|_| CoreError::Graph("out of memory: the entities to remove".into()))?;
+        }
+        // One removal moves the last entity into its slot, and no other: the relationships
+        // are re-pointed by comparison. Several are mapped through where each entity ends
+        // up (`REMOVED` for those removed).
+        let last = (self.entities.len() - 1) as u32;
+        let single = (order.len() == 1).then_some((lowest, last));
+        let mut new_index = if single.is_none() && self.relationship_count() > 0 {
             collected(0..self.entities.len() as u32, "the entities' new indices")?
         } else {
             Vec::new()
         };
-        self.index.reserve_for_removal(&self.entities, lowest)?;
         // Nothing fails past this point.
         self.store_relationships();
         self.unlink_all();
-        // The original index of the entity in each slot that a removal refilled.
-        let mut occupant: FxHashMap<u32, u32> = FxHashMap::default();
-        // The slot of each entity a removal moved, by original index.
-        let mut slot_of: FxHashMap<u32, u32> = FxHashMap::default();
         for &r in &order {
             let slot = slot_of.remove(&r).unwrap_or(r);
             let last = (self.entities.len() - 1) as u32;
@@ -1138,17 +1146,26 @@ impl Store {
                 occupant.insert(slot, moved);
             }
         }
-        if new_index.is_empty() {
+        if self.relationships.is_empty() {
             return Ok(());
         }
         for (&original, &slot) in &slot_of {
-            new_index[original as usize] = slot;
+            if let Some(at) = new_index.get_mut(original as usize) {
+                *at = slot;
+            }
         }
         for &r in &order {
-            new_index[r as usize] = REMOVED;
+            if let Some(at) = new_index.get_mut(r as usize) {
+                *at = REMOVED;
+            }
         }
         let kinds = &mut self.kinds;
-        let moved_to = |i: u32| new_index.get(i as usize).copied().unwrap_or(REMOVED);
+        let moved_to = |i: u32| match single {
+            Some((removed, _)) if i == removed => REMOVED,
+            Some((removed, last)) if i == last => removed,
+            Some(_) => i,
+            None => new_index.get(i as usize).copied().unwrap_or(REMOVED),
+        };
         self.relationships.retain_mut(|r| {
             let (from, to) = (moved_to(r.from), moved_to(r.to));
             if from == REMOVED || to == REMOVED {
