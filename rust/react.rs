@@ -1148,25 +1148,15 @@ fn backtick_run(bytes: &[u8], ticks: usize) -> Option<usize> {
     None
 }
 
-/// The start of the first line of `bytes` that closes a fence of `ticks` backticks: blanks,
-/// at least that many backticks, and only blanks after them.
+/// The start of the first line of `bytes` that closes a fence of `ticks` backticks (see
+/// [`fence_closes`]).
 fn closing_fence_line(bytes: &[u8], ticks: usize) -> Option<usize> {
     let mut line_start = 0;
     loop {
-        let line_end = line_break(&bytes[line_start..]).map_or(bytes.len(), |at| line_start + at);
-        let line = &bytes[line_start..line_end];
-        let lead = line
-            .iter()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count();
-        let run = line[lead..].iter().take_while(|&&b| b == b'`').count();
-        if run >= ticks && line[lead + run..].iter().all(u8::is_ascii_whitespace) {
+        if fence_closes(bytes, line_start, ticks) {
             return Some(line_start);
         }
-        if line_end == bytes.len() {
-            return None;
-        }
-        line_start = line_end + 1;
+        line_start += line_break(bytes.get(line_start..)?)? + 1;
     }
 }
 
@@ -1294,7 +1284,6 @@ fn may_be_whole_name(tool: &str, rest: &str) -> bool {
         Some(b'"') => string_close(bytes),
         _ => return true,
     };
-    // An index after an ASCII byte (a closing bracket or quote): a char boundary.
     close.is_none_or(|end| {
         let after = &bytes[end..];
         let line_end = line_break(after).unwrap_or(after.len());
