@@ -981,6 +981,9 @@ fn open_fence_between(bytes: &[u8], from: usize, end: usize) -> Option<usize> {
 #[inline]
 fn fence_opened_in_thought(bytes: &[u8], thought: Section, end: usize) -> Option<usize> {
     let after_label = bytes.get(thought.start..end)?;
+    // A backtick first: most thoughts hold none, and one byte is found faster (no searcher
+    // to build for a call).
+    memchr::memchr(b'`', after_label)?;
     memchr::memmem::find(after_label, b"```")?;
     let next_line = thought.start + line_break(after_label)? + 1;
     let open_at = open_fence_between(bytes, next_line, end)?;
