@@ -920,6 +920,19 @@ def test_capabilities_record_a_rounds_actions_all_or_none() -> None:
     assert unlimited.actions_taken == 10**6
 
 
+def test_capabilities_take_back_actions_that_did_not_run() -> None:
+    caps = ar.CapabilitySet(max_actions=3)
+    caps.record_actions(3)
+    caps.release_actions(2)
+    assert caps.actions_taken == 1
+    caps.record_actions(2)  # the limit has room for them again
+    caps.release_actions(10)
+    assert caps.actions_taken == 0  # never below none
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="count must be"):
+            caps.release_actions(bad)  # type: ignore[arg-type]
+
+
 def test_a_subclass_recording_each_action_sees_a_rounds_actions() -> None:
     audit: list[int] = []
 

@@ -375,6 +375,14 @@ def test_an_edit_approval_needs_arguments() -> None:
     assert ar.ApprovalDecision("edit", arguments={}).arguments == {}
 
 
+@pytest.mark.parametrize("remember", ["no", "false", 0, 1, None])
+def test_an_approval_remembers_only_for_a_bool(remember: object) -> None:
+    # "no" would read as true: a denial remembered for the rest of the session.
+    with pytest.raises(ar.AgentRuntimeError, match="remember must be True or False"):
+        ar.ApprovalDecision("deny", remember=remember)  # type: ignore[arg-type]
+    assert ar.ApprovalDecision("deny", remember=True).remember is True
+
+
 async def test_remembered_approvals_are_kept_for_the_latest_sessions_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

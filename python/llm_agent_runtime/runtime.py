@@ -214,7 +214,8 @@ class ApprovalDecision:
             handler is asked again in an older one), so one-off runs cannot pile them up.
 
     Raises:
-        AgentRuntimeError: `action` is none of the three, or an `edit` has no `arguments`.
+        AgentRuntimeError: `action` is none of the three, an `edit` has no `arguments`, or
+            `remember` is not a bool.
     """
 
     action: Literal["approve", "deny", "edit"]
@@ -230,6 +231,10 @@ class ApprovalDecision:
         if self.action == "edit" and self.arguments is None:  # the call would run without
             raise AgentRuntimeError(
                 "an 'edit' approval needs the arguments to run the call with ({} for none)"
+            )
+        if type(self.remember) is not bool:  # "no" would read as true: remembered for good
+            raise AgentRuntimeError(
+                f"approval remember must be True or False, got {short_repr(self.remember)}"
             )
 
 
@@ -2814,14 +2819,22 @@ class AgentRuntime(Unshared):
                 (n, a, answer if answer is not None or n in tools else tools.not_found(n, limit))
                 for (n, a), answer in zip(rewritten, answers, strict=True)
             ]
-        return await _all_or_none(
-            _answered(n, a, answer)
-            if answer is not None
-            else self._decide(session, n, a, handler)
-            if n in tools
-            else _not_found(tools, n, a, limit)
-            for (n, a), answer in zip(rewritten, answers, strict=True)
-        )
+        try:
+            return await _all_or_none(
+                _answered(n, a, answer)
+                if answer is not None
+                else self._decide(session, n, a, handler)
+                if n in tools
+                else _not_found(tools, n, a, limit)
+                for (n, a), answer in zip(rewritten, answers, strict=True)
+            )
+        except BaseException:
+            # Cut off (or the handler failed) before the round was decided: none of its
+            # calls ran, and a resume guards and records them again.
+            release = getattr(capabilities, "release_actions", None)
+            if release is not None and known:
+                release(len(known))
+            raise
 
     async def _decide(
         self, session: AgentSession, name: str, arguments: Any, handler: ApprovalHandler

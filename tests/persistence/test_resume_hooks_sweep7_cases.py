@@ -17,7 +17,7 @@ import pytest
 
 import llm_agent_runtime as ar
 
-from .conftest import cancel_once_reached
+from .conftest import cancel_once_reached, cut_off
 
 
 class Recorder(ar.ScriptedProvider):
@@ -235,3 +235,87 @@ async def test_a_round_decision_of_the_wrong_shape_is_a_persistence_error_naming
     with pytest.raises(ar.PersistenceError, match=r"round\.decided") as caught:
         await runtime().resume(session.session_id, ar.ScriptedProvider(["done"]))
     assert caught.value.key == key and ran == [1]
+
+
+# --- a round cut off while its approval was pending ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "calls"),
+    [("react", 1), ("tools", 1), ("tools", 2)],
+    ids=["react", "one call", "a parallel round"],
+)
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_a_round_cut_off_while_its_approval_was_pending_is_charged_once(
+    mode: str, calls: int, how: str, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    # The round's actions were recorded before the handler was asked; the cut leaves them
+    # undecided and unrun, so they are given back: the resume records them again. With the
+    # limit at exactly the round's calls, a second charge refused the resume outright.
+    asking, waiting = asyncio.Event(), [True]
+    ran: list[int] = []
+
+    async def handler(session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+        asking.set()
+        if waiting[0]:
+            await asyncio.Event().wait()
+        return ar.ApprovalDecision("approve")
+
+    @ar.tool(idempotent=True)
+    async def look(x: int) -> str:
+        """Looks a number up (safe to repeat)."""
+        ran.append(x)
+        return f"seen {x}"
+
+    capabilities = ar.CapabilitySet(max_actions=calls)
+    timeout = {"loop_timeout_ms": 200} if how == "timeout" else {}
+
+    def runtime(**settings: Any) -> ar.AgentRuntime:
+        return ar.AgentRuntime(
+            ar.AgentConfig(mode=mode, **settings),  # type: ignore[arg-type]
+            tools=[look],
+            checkpoint_backend=open_backend(),
+            approval_handler=handler,
+            capabilities=capabilities,
+        )
+
+    first = runtime(**timeout)
+    session = first.create_session("a")
+    asked = [("look", {"x": n}) for n in range(1, calls + 1)]
+    reply: Any = (
+        'Thought: look\nAction: look {"x": 1}'
+        if mode == "react"
+        else ar.ScriptedProvider.tool_call_reply(asked)
+    )
+    await cut_off(first.run_turn(session, "q", ar.ScriptedProvider([reply])), how, asking)
+    assert ran == [] and capabilities.actions_taken == 0
+    waiting[0] = False
+
+    final = "Thought: done\nAction: FINAL_ANSWER done" if mode == "react" else "done"
+    resumed = await runtime().resume(session.session_id, ar.ScriptedProvider([final]))
+    assert ran == list(range(1, calls + 1)) and capabilities.actions_taken == calls
+    assert resumed.final_answer == "done"
+
+
+async def test_a_failing_approval_handler_gives_the_round_s_actions_back() -> None:
+    # Not checkpointed: the run fails with the handler's error, having run no call.
+    @ar.tool
+    async def look(x: int) -> str:
+        """Looks a number up."""
+        return f"seen {x}"
+
+    def handler(session: ar.AgentSession, tool: str, arguments: Any) -> Any:
+        raise RuntimeError("approvals are down")
+
+    capabilities = ar.CapabilitySet(max_actions=5)
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[look],
+        approval_handler=handler,
+        capabilities=capabilities,
+    )
+    calls = [("look", {"x": 1}), ("look", {"x": 2})]
+    model = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply(calls)])
+    with pytest.raises(RuntimeError, match="approvals are down"):
+        await runtime.run_agent_with_provider("a", "q", model)
+    assert capabilities.actions_taken == 0

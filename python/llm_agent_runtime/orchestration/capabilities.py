@@ -140,6 +140,19 @@ class CapabilitySet:
         for _ in range(count):
             self.record_action()
 
+    def release_actions(self, count: int) -> None:
+        """Gives back `count` recorded actions whose calls never ran (never below 0).
+
+        An `AgentRuntime` calls it for a round cut off (a timeout, a cancel, a failing
+        approval handler) after its actions were recorded and before it was decided: a
+        resume guards the round again and records them again, so they count once.
+
+        Raises:
+            ValueError: `count` is negative or not an int.
+        """
+        count = check_count("count", count, 0)
+        self.actions_taken = max(0, self.actions_taken - count)
+
 
 def _checked_max_actions(max_actions: object) -> int | None:
     """`max_actions` as an int of at least 0 (None stays None: unlimited).
