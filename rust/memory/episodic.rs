@@ -13,7 +13,7 @@
 //! Equal scores keep insertion order: the older episode ranks first (a stable sort by
 //! descending score).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -82,9 +82,10 @@ pub struct Episodes {
     /// Next episode id.
     pub next_id: u64,
     /// Episodes per agent, in insertion order (an export naming an agent twice is refused,
-    /// rather than one of its two lists dropped).
+    /// rather than one of its two lists dropped). Private: an agent's list may hold evicted
+    /// episodes not yet removed, which only [`Agent`]'s methods tell apart.
     #[serde(deserialize_with = "agents_once")]
-    pub by_agent: BTreeMap<String, Vec<Episode>>,
+    by_agent: BTreeMap<String, Agent>,
     /// Weight of the query similarity in recall scores.
     #[serde(default = "default_similarity_weight")]
     pub similarity_weight: f64,
@@ -94,16 +95,160 @@ pub struct Episodes {
     pub embedding_dim: Option<usize>,
 }
 
+/// One agent's episodes, with what makes eviction at capacity O(log n).
+///
+/// Evicting by removing from the `Vec` moved every later episode (a scan found the victim
+/// too): O(n) per add at capacity. Instead an ordered index of the older episodes gives the
+/// victim, which is only marked dead (its content and embedding freed) and removed with the
+/// others in one pass once the dead outnumber the live: O(log n) amortized per add.
+///
+/// Reads go through [`Agent::live`], [`Agent::len`], [`Agent::get_mut`] or
+/// [`Agent::compacted`] (the list itself is read only right after the latter), so no dead
+/// episode is ever seen, exported or counted. Serialized as the plain list of its live
+/// episodes; the eviction state is not, and is rebuilt when first needed.
+#[derive(Debug, Clone, Default)]
+struct Agent {
+    /// In insertion order (ids increase), dead ones included until compacted.
+    episodes: Vec<Episode>,
+    /// Ids of evicted episodes still in `episodes`.
+    dead: BTreeSet<u64>,
+    /// The live episodes by eviction order, `(importance_key(importance), id)`: first goes
+    /// first. Built at the agent's first eviction (`None` before: adds below capacity, or
+    /// without one, pay nothing), then kept in step with every add.
+    index: Option<BTreeSet<(u64, u64)>>,
+}
+
+/// `importance` as a `u64` ordered as `f64::total_cmp` orders importances (the order the
+/// eviction rule has always used): the sign bit flipped for positives, every bit for
+/// negatives. Importances are in [0, 1] with -0.0 made 0.0, where the raw bits would
+/// already be in order, but this way the index cannot disagree with `total_cmp` whatever
+/// it is given.
+fn importance_key(importance: f64) -> u64 {
+    let bits = importance.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
+}
+
+impl From<Vec<Episode>> for Agent {
+    fn from(episodes: Vec<Episode>) -> Self {
+        Self {
+            episodes,
+            dead: BTreeSet::new(),
+            index: None,
+        }
+    }
+}
+
+impl Serialize for Agent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.live())
+    }
+}
+
+impl<'de> Deserialize<'de> for Agent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<Episode>::deserialize(deserializer).map(Self::from)
+    }
+}
+
+impl Agent {
+    /// Live episodes.
+    fn len(&self) -> usize {
+        self.episodes.len().saturating_sub(self.dead.len())
+    }
+
+    /// The live episodes in insertion order.
+    fn live(&self) -> impl Iterator<Item = &Episode> {
+        self.episodes
+            .iter()
+            .filter(|e| self.dead.is_empty() || !self.dead.contains(&e.id))
+    }
+
+    /// The live episodes in insertion order, the dead removed first (one pass, when any).
+    fn compacted(&mut self) -> &mut [Episode] {
+        let dead: Vec<u64> = std::mem::take(&mut self.dead).into_iter().collect();
+        if let [id] = dead[..] {
+            // One eviction since the last read (adds and reads taking turns): one move of
+            // the later episodes, cheaper than `retain`'s one by one.
+            if let Ok(at) = self.episodes.binary_search_by_key(&id, |e| e.id) {
+                self.episodes.remove(at);
+            }
+        } else if !dead.is_empty() {
+            // Both in id order: one walk along the dead ids as the list is kept.
+            let mut next = 0;
+            self.episodes.retain(|e| {
+                while dead.get(next).is_some_and(|&d| d < e.id) {
+                    next += 1;
+                }
+                let keep = dead.get(next) != Some(&e.id);
+                next += usize::from(!keep);
+                keep
+            });
+        }
+        &mut self.episodes
+    }
+
+    /// The live episode with this id.
+    fn get_mut(&mut self, id: u64) -> Option<&mut Episode> {
+        if self.dead.contains(&id) {
+            return None;
+        }
+        let at = self.episodes.binary_search_by_key(&id, |e| e.id).ok()?;
+        self.episodes.get_mut(at)
+    }
+
+    /// Appends `e` (its id above every other); over `capacity`, evicts the lowest-importance
+    /// older episode (the oldest on ties). Returns whether the evicted one had an embedding.
+    fn push(&mut self, e: Episode, capacity: Option<usize>) -> bool {
+        let full = capacity.is_some_and(|cap| self.len() >= cap);
+        if full && self.index.is_none() {
+            // Once per agent (and after an import): later adds keep it up to date.
+            self.index = Some(
+                self.live()
+                    .map(|e| (importance_key(e.importance), e.id))
+                    .collect(),
+            );
+        }
+        let victim = match &mut self.index {
+            Some(index) => {
+                // The victim is taken before the new episode is indexed: never the new one.
+                let victim = if full { index.pop_first() } else { None };
+                index.insert((importance_key(e.importance), e.id));
+                victim
+            }
+            None => None,
+        };
+        self.episodes.push(e);
+        let Some((_, id)) = victim else {
+            return false;
+        };
+        let had_embedding = self.get_mut(id).is_some_and(|v| {
+            // Freed now: a dead episode may wait a while for the compaction.
+            v.content = String::new();
+            v.agent_id = String::new();
+            v.embedding.take().is_some()
+        });
+        self.dead.insert(id);
+        if self.dead.len() > self.len() {
+            self.compacted();
+        }
+        had_embedding
+    }
+}
+
 /// Reads `by_agent`, refusing an agent id given twice: a JSON object keeps the last of
 /// duplicate keys, which would drop the episodes listed under the first without a word.
-fn agents_once<'de, D>(deserializer: D) -> Result<BTreeMap<String, Vec<Episode>>, D::Error>
+fn agents_once<'de, D>(deserializer: D) -> Result<BTreeMap<String, Agent>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
     struct Agents;
 
     impl<'de> serde::de::Visitor<'de> for Agents {
-        type Value = BTreeMap<String, Vec<Episode>>;
+        type Value = BTreeMap<String, Agent>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a map of agent ids to lists of episodes")
@@ -114,7 +259,7 @@ where
             A: serde::de::MapAccess<'de>,
         {
             let mut agents = BTreeMap::new();
-            while let Some((agent_id, episodes)) = map.next_entry::<String, Vec<Episode>>()? {
+            while let Some((agent_id, episodes)) = map.next_entry::<String, Agent>()? {
                 if agents.contains_key(&agent_id) {
                     return Err(serde::de::Error::custom(format!(
                         "agent {agent_id:?} is listed twice in by_agent"
@@ -290,7 +435,7 @@ impl Episodes {
                 "embedding_dim must be at least 1 (or absent), got 0".into(),
             ));
         }
-        self.by_agent.retain(|_, episodes| !episodes.is_empty());
+        self.by_agent.retain(|_, agent| agent.len() > 0);
         if let Some(Decay::Exponential { half_life_hours }) = self.decay {
             exponential(half_life_hours)?;
         }
@@ -308,7 +453,10 @@ impl Episodes {
         let declared = self.embedding_dim;
         let mut dim = None;
         let mut ids = HashSet::new();
-        for (agent_id, episodes) in &mut self.by_agent {
+        for (agent_id, agent) in &mut self.by_agent {
+            // Importances may change below (-0.0 made 0.0): the index is rebuilt from them.
+            agent.index = None;
+            let episodes = agent.compacted();
             if let Some(cap) = self.per_agent_capacity {
                 if episodes.len() > cap {
                     return Err(CoreError::Memory(format!(
@@ -318,7 +466,7 @@ impl Episodes {
                 }
             }
             let mut previous_id: Option<u64> = None;
-            for e in episodes {
+            for e in episodes.iter_mut() {
                 let id = e.id;
                 let bad = |what: String| {
                     CoreError::Memory(format!("episode {id} of agent {agent_id:?}: {what}"))
@@ -410,37 +558,22 @@ impl Episodes {
         }
         let id = self.next_id;
         self.next_id = next_id;
-        let episodes = self.by_agent.entry(agent_id.to_owned()).or_default();
-        episodes.push(Episode {
-            id,
-            agent_id: agent_id.to_owned(),
-            content: content.to_owned(),
-            importance,
-            created_at: now,
-            last_recalled_at: None,
-            recall_count: 0,
-            embedding,
-        });
-        if let Some(cap) = self.per_agent_capacity {
-            if episodes.len() > cap {
-                // Lowest importance among the older episodes goes (the new one, last, is
-                // never the victim); among equals, the oldest (first in insertion order).
-                let older = episodes.len() - 1;
-                let victim = episodes[..older]
-                    .iter()
-                    .enumerate()
-                    .min_by(|a, b| {
-                        a.1.importance
-                            .total_cmp(&b.1.importance)
-                            .then(a.0.cmp(&b.0))
-                    })
-                    .map(|(i, _)| i);
-                if let Some(i) = victim {
-                    if episodes.remove(i).embedding.is_some() {
-                        self.forget_unused_dim();
-                    }
-                }
-            }
+        let agent = self.by_agent.entry(agent_id.to_owned()).or_default();
+        let evicted_embedding = agent.push(
+            Episode {
+                id,
+                agent_id: agent_id.to_owned(),
+                content: content.to_owned(),
+                importance,
+                created_at: now,
+                last_recalled_at: None,
+                recall_count: 0,
+                embedding,
+            },
+            self.per_agent_capacity,
+        );
+        if evicted_embedding {
+            self.forget_unused_dim();
         }
         Ok(id)
     }
@@ -451,7 +584,7 @@ impl Episodes {
         let embedded = self
             .by_agent
             .values()
-            .flatten()
+            .flat_map(Agent::live)
             .any(|e| e.embedding.is_some());
         if !embedded {
             self.embedding_dim = None;
@@ -507,7 +640,12 @@ impl Episodes {
         counted: bool,
     ) -> CoreResult<Vec<Episode>> {
         let query = self.recall_query(now, query)?;
-        let Some(episodes) = self.by_agent.get(agent_id) else {
+        let Some(agent) = self.by_agent.get_mut(agent_id) else {
+            return Ok(Vec::new());
+        };
+        // Compacted first: the positions ranked below are those of the live episodes.
+        agent.compacted();
+        let Some(episodes) = self.by_agent.get(agent_id).map(|agent| &agent.episodes) else {
             return Ok(Vec::new());
         };
         let mut ranked: Vec<(f64, usize)> = episodes
@@ -527,7 +665,7 @@ impl Episodes {
             ranked.truncate(limit);
         }
         ranked.sort_unstable_by(better);
-        let Some(episodes) = self.by_agent.get_mut(agent_id) else {
+        let Some(episodes) = self.by_agent.get_mut(agent_id).map(Agent::compacted) else {
             return Ok(Vec::new());
         };
         Ok(ranked
@@ -555,17 +693,15 @@ impl Episodes {
     /// [`CoreError::Memory`] when `now` is not finite.
     pub fn mark_recalled(&mut self, agent_id: &str, ids: &[u64], now: f64) -> CoreResult<usize> {
         check_time(now)?;
-        let Some(episodes) = self.by_agent.get_mut(agent_id) else {
+        let Some(agent) = self.by_agent.get_mut(agent_id) else {
             return Ok(0);
         };
+        // No compaction: a dead episode is not found, and marking stays O(k log n).
         let mut mark = |id: u64| -> usize {
-            match episodes.binary_search_by_key(&id, |e| e.id) {
-                Ok(at) => episodes.get_mut(at).map_or(0, |e| {
-                    recalled(e, now);
-                    1
-                }),
-                Err(_) => 0,
-            }
+            agent.get_mut(id).map_or(0, |e| {
+                recalled(e, now);
+                1
+            })
         };
         // The runtime marks a few ids (a prompt's recalled episodes): repeats are told by
         // looking back, with no allocation; a long list is sorted and deduplicated.
@@ -596,17 +732,34 @@ impl Episodes {
             .transpose()
     }
 
-    /// The agent's episodes in insertion order.
-    pub fn episodes(&self, agent_id: &str) -> &[Episode] {
-        self.by_agent.get(agent_id).map_or(&[], Vec::as_slice)
+    /// The agent's episodes in insertion order (`&mut`: evicted episodes are removed first).
+    pub fn episodes(&mut self, agent_id: &str) -> &[Episode] {
+        match self.by_agent.get_mut(agent_id) {
+            Some(agent) => agent.compacted(),
+            None => &[],
+        }
     }
 
-    /// Removes the agent's episodes (every agent's when `None`); returns how many.
+    /// How many episodes the agent has.
+    pub fn agent_len(&self, agent_id: &str) -> usize {
+        self.by_agent.get(agent_id).map_or(0, Agent::len)
+    }
+
+    /// Ids of the agents with episodes, sorted.
+    pub fn agent_ids(&self) -> impl Iterator<Item = &str> {
+        self.by_agent
+            .iter()
+            .filter(|(_, agent)| agent.len() > 0)
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// Removes the agent's episodes (every agent's when `None`), their eviction state with
+    /// them; returns how many.
     pub fn clear(&mut self, agent_id: Option<&str>) -> usize {
         let removed = match agent_id {
-            Some(a) => self.by_agent.remove(a).map_or(0, |v| v.len()),
+            Some(a) => self.by_agent.remove(a).map_or(0, |agent| agent.len()),
             None => {
-                let n = self.by_agent.values().map(Vec::len).sum();
+                let n = self.len();
                 self.by_agent.clear();
                 n
             }
@@ -619,12 +772,12 @@ impl Episodes {
 
     /// Total episodes.
     pub fn len(&self) -> usize {
-        self.by_agent.values().map(Vec::len).sum()
+        self.by_agent.values().map(Agent::len).sum()
     }
 
     /// Whether there are no episodes.
     pub fn is_empty(&self) -> bool {
-        self.by_agent.values().all(Vec::is_empty)
+        self.by_agent.values().all(|agent| agent.len() == 0)
     }
 }
 
@@ -639,6 +792,11 @@ pub fn by_importance(episodes: &[Episode]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent's list as stored, dead episodes included (to break it on purpose).
+    fn raw<'a>(s: &'a mut Episodes, agent_id: &str) -> &'a mut Vec<Episode> {
+        &mut s.by_agent.get_mut(agent_id).unwrap().episodes
+    }
 
     #[test]
     fn importance_ranking_and_recall_counts() {
@@ -751,20 +909,20 @@ mod tests {
                 }
             },
             |s| s.similarity_weight = -0.5,
-            |s| s.by_agent.get_mut("a").unwrap()[0].importance = 7.5,
-            |s| s.by_agent.get_mut("a").unwrap()[0].importance = f64::NAN,
-            |s| s.by_agent.get_mut("a").unwrap()[0].created_at = f64::INFINITY,
-            |s| s.by_agent.get_mut("a").unwrap()[1].last_recalled_at = Some(f64::NAN),
-            |s| s.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![1.0, 0.0, 0.0]),
-            |s| s.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![f32::NAN, 0.0]),
-            |s| s.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![0.0, 0.0]),
+            |s| raw(s, "a")[0].importance = 7.5,
+            |s| raw(s, "a")[0].importance = f64::NAN,
+            |s| raw(s, "a")[0].created_at = f64::INFINITY,
+            |s| raw(s, "a")[1].last_recalled_at = Some(f64::NAN),
+            |s| raw(s, "a")[1].embedding = Some(vec![1.0, 0.0, 0.0]),
+            |s| raw(s, "a")[1].embedding = Some(vec![f32::NAN, 0.0]),
+            |s| raw(s, "a")[1].embedding = Some(vec![0.0, 0.0]),
             |s| {
-                let mut other = s.by_agent["a"][0].clone();
+                let mut other = raw(s, "a")[0].clone();
                 other.agent_id = "b".into();
-                s.by_agent.insert("b".into(), vec![other]);
+                s.by_agent.insert("b".into(), Agent::from(vec![other]));
             },
-            |s| s.by_agent.get_mut("a").unwrap()[1].agent_id = "b".into(),
-            |s| s.by_agent.get_mut("a").unwrap()[1].id = 0,
+            |s| raw(s, "a")[1].agent_id = "b".into(),
+            |s| raw(s, "a")[1].id = 0,
             |s| s.next_id = 1,
         ];
         for (i, breaks) in broken.into_iter().enumerate() {
@@ -778,8 +936,8 @@ mod tests {
         assert_eq!(old.validated().unwrap().embedding_dim, Some(2));
         // Embeddings are stored at unit length; one already there is kept bit for bit.
         let mut long = good.clone();
-        long.by_agent.get_mut("a").unwrap()[1].embedding = Some(vec![0.0, 50.0]);
-        let long = long.validated().unwrap();
+        raw(&mut long, "a")[1].embedding = Some(vec![0.0, 50.0]);
+        let mut long = long.validated().unwrap();
         assert_eq!(long.episodes("a")[1].embedding, Some(vec![0.0, 1.0]));
         let unit = good.episodes("a")[0].embedding.clone();
         assert_eq!(long.episodes("a")[0].embedding, unit);
@@ -796,7 +954,7 @@ mod tests {
         );
         let mut ghost = Episodes::new(None, Recall::Importance, None).unwrap();
         ghost.add("a", "x", 0.5, 0.0, None).unwrap();
-        ghost.by_agent.insert("ghost".into(), Vec::new());
+        ghost.by_agent.insert("ghost".into(), Agent::default());
         let ghost = ghost.validated().unwrap();
         assert_eq!(ghost.by_agent.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(ghost.len(), 1);
@@ -807,7 +965,7 @@ mod tests {
         s.add("a", "y", 0.1, 0.0, None).unwrap();
         s.add("b", "z", 0.1, 0.0, None).unwrap();
         assert_eq!(s.clear(Some("b")), 1);
-        assert!(s.by_agent.values().all(|v| !v.is_empty()));
+        assert!(s.by_agent.values().all(|v| v.len() > 0));
         assert_eq!(s.by_agent.len(), 1);
     }
 
@@ -818,7 +976,7 @@ mod tests {
         assert_eq!(s.add("a", "x", 0.5, 0.0, None).unwrap(), u64::MAX - 1);
         assert!(s.add("a", "y", 0.5, 0.0, None).is_err());
         assert_eq!((s.len(), s.next_id), (1, u64::MAX));
-        s.by_agent.get_mut("a").unwrap()[0].recall_count = u64::MAX;
+        raw(&mut s, "a")[0].recall_count = u64::MAX;
         assert_eq!(
             s.recall("a", 1, 0.0, None, true).unwrap()[0].recall_count,
             u64::MAX
@@ -833,7 +991,8 @@ mod tests {
         let found = s.recall("a", 2, 1.0, None, false).unwrap();
         assert_eq!(found.iter().map(|e| e.recall_count).sum::<u64>(), 0);
         assert_eq!(s.mark_recalled("a", &[b, 999], 2.0).unwrap(), 1);
-        let counts: Vec<_> = s.by_agent["a"]
+        let counts: Vec<_> = s
+            .episodes("a")
             .iter()
             .map(|e| (e.id, e.recall_count, e.last_recalled_at))
             .collect();
@@ -845,7 +1004,7 @@ mod tests {
     /// `mark_recalled` as it was written first: a scan of the episodes, each marked when
     /// its id is among `ids` (so once, however often it is given).
     fn mark_by_scan(s: &mut Episodes, agent_id: &str, ids: &[u64], now: f64) -> usize {
-        let Some(episodes) = s.by_agent.get_mut(agent_id) else {
+        let Some(episodes) = s.by_agent.get_mut(agent_id).map(Agent::compacted) else {
             return 0;
         };
         let mut found = 0;
@@ -921,5 +1080,193 @@ mod tests {
             .unwrap()
             .with_similarity_weight(-1.0)
             .is_err());
+    }
+
+    /// A small deterministic generator (xorshift64*), so the test needs no crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        }
+    }
+
+    /// The eviction rule as first written: a scan for the lowest importance among the older
+    /// episodes (the first of equals), removed from the list.
+    fn add_to_model(model: &mut Vec<Episode>, e: Episode, cap: usize) {
+        model.push(e);
+        if model.len() > cap {
+            let older = model.len() - 1;
+            let victim = (0..older)
+                .min_by(|&a, &b| model[a].importance.total_cmp(&model[b].importance))
+                .unwrap();
+            model.remove(victim);
+        }
+    }
+
+    #[test]
+    fn eviction_matches_a_scan_of_the_older_episodes() {
+        let agents = ["a", "b", "c"];
+        let levels = [0.0, 0.25, 0.5, 1.0];
+        for seed in 1..=60u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let cap = 1 + (seed % 6) as usize;
+            let mut s = Episodes::new(None, Recall::Importance, Some(cap)).unwrap();
+            let mut model: BTreeMap<&str, Vec<Episode>> = BTreeMap::new();
+            for step in 0..400u32 {
+                let agent = agents[rng.below(3) as usize];
+                let now = f64::from(step);
+                match rng.below(20) {
+                    // Mostly adds, with many ties (and 0.0, 1.0), some with an embedding.
+                    0..=12 => {
+                        let importance = if rng.below(4) == 0 {
+                            rng.below(1000) as f64 / 999.0
+                        } else {
+                            levels[rng.below(4) as usize]
+                        };
+                        let embedding = (rng.below(3) == 0).then_some([1.0f32, 2.0]);
+                        let id = s
+                            .add(
+                                agent,
+                                &format!("e{step}"),
+                                importance,
+                                now,
+                                embedding.as_ref().map(|v| &v[..]),
+                            )
+                            .unwrap();
+                        let e = Episode {
+                            id,
+                            agent_id: agent.into(),
+                            content: format!("e{step}"),
+                            importance,
+                            created_at: now,
+                            last_recalled_at: None,
+                            recall_count: 0,
+                            embedding: embedding.map(|v| normalized(&v, "e").unwrap()),
+                        };
+                        add_to_model(model.entry(agent).or_default(), e, cap);
+                    }
+                    13 | 14 => {
+                        // Ids of live, evicted and unknown episodes, some twice.
+                        let ids: Vec<u64> = (0..4).map(|_| rng.below(s.next_id + 2)).collect();
+                        let list = model.entry(agent).or_default();
+                        let mut expected = 0;
+                        for e in list.iter_mut().filter(|e| ids.contains(&e.id)) {
+                            recalled(e, now);
+                            expected += 1;
+                        }
+                        assert_eq!(s.mark_recalled(agent, &ids, now).unwrap(), expected);
+                    }
+                    15 => {
+                        let limit = rng.below(4) as usize;
+                        let list = model.entry(agent).or_default();
+                        let mut order: Vec<usize> = (0..list.len()).collect();
+                        order.sort_by(|&x, &y| list[y].importance.total_cmp(&list[x].importance));
+                        order.truncate(limit);
+                        for &i in &order {
+                            recalled(&mut list[i], now);
+                        }
+                        let want: Vec<u64> = order.iter().map(|&i| list[i].id).collect();
+                        let got: Vec<u64> = s
+                            .recall(agent, limit, now, None, true)
+                            .unwrap()
+                            .iter()
+                            .map(|e| e.id)
+                            .collect();
+                        assert_eq!(got, want, "seed {seed} step {step}");
+                    }
+                    16 => {
+                        let expected = model.remove(agent).map_or(0, |v| v.len());
+                        assert_eq!(s.clear(Some(agent)), expected);
+                    }
+                    17 => {
+                        let text = serde_json::to_string(&s).unwrap();
+                        s = serde_json::from_str::<Episodes>(&text)
+                            .unwrap()
+                            .validated()
+                            .unwrap();
+                    }
+                    _ => {
+                        let list = model.get(agent).map_or(&[][..], Vec::as_slice);
+                        assert_eq!(s.episodes(agent), list, "seed {seed} step {step}");
+                    }
+                }
+                model.retain(|_, v| !v.is_empty());
+                // Compared without compacting: the export, counts and agents skip the dead.
+                let exported = serde_json::to_value(&s).unwrap();
+                assert_eq!(
+                    exported["by_agent"],
+                    serde_json::to_value(&model).unwrap(),
+                    "seed {seed} step {step}"
+                );
+                let any_embedding = model.values().flatten().any(|e| e.embedding.is_some());
+                assert_eq!(s.embedding_dim, any_embedding.then_some(2));
+                assert_eq!(s.len(), model.values().map(Vec::len).sum::<usize>());
+                assert_eq!(s.is_empty(), model.is_empty());
+                assert!(s.agent_ids().eq(model.keys().copied()));
+                for agent in agents {
+                    assert_eq!(s.agent_len(agent), model.get(agent).map_or(0, Vec::len));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn evicted_episodes_wait_freed_then_go_in_one_pass() {
+        let mut s = Episodes::new(None, Recall::Importance, Some(3)).unwrap();
+        for i in 0..3 {
+            s.add("a", "kept", 0.9, 0.0, Some(&[1.0, 0.0])).unwrap();
+            s.add("b", &format!("b{i}"), 0.5, 0.0, None).unwrap();
+        }
+        s.add("a", "new", 1.0, 0.0, None).unwrap();
+        // The victim (the oldest of the equal 0.9s) waits in the list, its contents freed.
+        let agent = &s.by_agent["a"];
+        assert_eq!((agent.episodes.len(), agent.len()), (4, 3));
+        assert_eq!(agent.dead.iter().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(
+            (
+                agent.episodes[0].content.as_str(),
+                &agent.episodes[0].embedding
+            ),
+            ("", &None)
+        );
+        assert_eq!(s.mark_recalled("a", &[0], 1.0).unwrap(), 0);
+        // Up to as many dead as live, then one pass removes them; the last embedding gone,
+        // its length is forgotten.
+        for _ in 0..3 {
+            s.add("a", "newer", 1.0, 0.0, None).unwrap();
+        }
+        assert_eq!(s.by_agent["a"].episodes.len(), 3);
+        assert_eq!(s.embedding_dim, None);
+        let ids: Vec<u64> = s.episodes("a").iter().map(|e| e.id).collect();
+        assert_eq!(ids, [7, 8, 9]);
+        assert_eq!(s.by_agent["b"].episodes.len(), 3);
+    }
+
+    #[test]
+    fn importance_keys_order_as_total_cmp() {
+        let values = [
+            -1.0,
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE,
+            1e-300,
+            0.25,
+            0.5,
+            1.0,
+            2.0,
+        ];
+        for a in values {
+            for b in values {
+                assert_eq!(
+                    importance_key(a).cmp(&importance_key(b)),
+                    a.total_cmp(&b),
+                    "{a} {b}"
+                );
+            }
+        }
     }
 }

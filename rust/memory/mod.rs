@@ -1435,7 +1435,7 @@ impl PyEpisodicStore {
         #[pyo3(from_py_with = lookup_agent_id_arg)] agent_id: Option<PyBackedStr>,
     ) -> PyResult<usize> {
         match agent_id.as_deref() {
-            Some(agent_id) => self.locked(py, |episodes| episodes.episodes(agent_id).len()),
+            Some(agent_id) => self.locked(py, |episodes| episodes.agent_len(agent_id)),
             None => Ok(0),
         }
     }
@@ -1443,12 +1443,7 @@ impl PyEpisodicStore {
     /// Sorted ids of agents with at least one episode.
     fn agents_with_episodes(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         self.locked(py, |episodes| {
-            episodes
-                .by_agent
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, _)| k.clone())
-                .collect()
+            episodes.agent_ids().map(str::to_owned).collect()
         })
     }
 
@@ -1612,7 +1607,7 @@ impl PyEpisodicStore {
             format!(
                 "EpisodicStore(episodes={}, agents={})",
                 episodes.len(),
-                episodes.by_agent.len()
+                episodes.agent_ids().count()
             )
         })
     }
