@@ -308,6 +308,22 @@ async def test_only_the_memories_a_prompt_shows_are_counted_as_recalled() -> Non
     assert runtime.metrics.snapshot().memory_recall_count == 3
 
 
+@pytest.mark.parametrize(("tokens", "shown"), [(10, False), (19, False), (20, True)])
+async def test_the_indent_of_a_memorys_lines_is_counted_in_its_budget(
+    tokens: int, shown: bool
+) -> None:
+    # Its 19 later lines take 2 characters more each as shown: 40 characters are 78 in the
+    # prompt (20 tokens). Uncounted, a memory of short lines took twice its budget.
+    memory = ar.EpisodicStore()
+    memory.add_episode("a", "x\n" * 20, 0.9)
+    runtime = ar.AgentRuntime(ar.AgentConfig(max_memory_tokens=tokens), memory=memory)
+    infer = PromptRecorder()
+    session = await runtime.run_agent("a", "q", infer)
+    assert ("- x\n  x\n" in infer.prompts[0]) is shown
+    assert session.memory_hits == int(shown)
+    assert memory.episodes("a")[0].recall_count == int(shown)
+
+
 def test_a_recall_may_leave_the_counting_to_the_caller() -> None:
     memory = ar.EpisodicStore()
     first = memory.add_episode("a", "first", 0.9)

@@ -1676,6 +1676,8 @@ class AgentRuntime(Unshared):
                         ids.append(episode.id)
             else:  # another store's: only text is shown (bytes have a `strip` too)
                 texts = _recalled_texts(memory, episodes, limit)
+            # As shown: the indent of a memory's later lines takes its part of the budget.
+            texts = list(map(_indented, texts))
             if self._config.max_memory_tokens is not None:
                 fitted = fit_to_token_budget(texts, self._config.max_memory_tokens)
                 if counts_shown and len(fitted) < len(texts):
@@ -4301,22 +4303,26 @@ def _history_chars(message: dict[str, Any]) -> int:
     """What a message of a session's chat history takes of a request, in characters.
 
     Its text (with 2 for the indent of each of its later lines: see `_history_line`), its
-    tool calls (name and arguments, and 10 each for what a ReAct prompt writes around them),
-    and 16 for the rest (role, framing).
+    tool calls' `Action:` lines as a ReAct prompt writes them (indented alike, each with
+    its line break), and 16 for the rest (role, framing).
     """
     content = message["content"]
     size = len(content) + 16
     if not content.isprintable():  # a line break is not printable: most texts hold none
         size += 2 * (len(content.splitlines()) - 1)
     for call in message.get("tool_calls") or ():
-        arguments = call.get("arguments", {})
-        size += len(call["name"]) + len(json.dumps(arguments, ensure_ascii=False, default=str))
-        size += _CALL_FRAMING
+        size += len(_action_line(call)) + 1
     return size
 
 
-_CALL_FRAMING = len("Action: ") + len(" ") + len("\n")
-"""What a ReAct prompt writes around a history tool call's name and arguments (its line)."""
+def _action_line(call: dict[str, Any]) -> str:
+    """A history tool call as a ReAct prompt shows it: `Action: name {arguments}`.
+
+    Indented after any line break, as a message's text is: a name or an argument holding
+    one (a U+2028 too, which JSON leaves as it is) adds no line of the prompt's own.
+    """
+    arguments = json.dumps(call.get("arguments", {}), ensure_ascii=False, default=str)
+    return _indented(f"Action: {call['name']} {arguments}")
 
 
 def _history_line(message: dict[str, Any]) -> str:
@@ -4325,15 +4331,11 @@ def _history_line(message: dict[str, Any]) -> str:
     The text's later lines are indented, as a recalled memory's are: none reads as another
     message (`assistant: ...`) nor as a line of the prompt's own (`Question: ...`). An
     assistant message's tool calls follow its text as the `Action:` lines that ask for
-    them; the tool messages after it show the results.
+    them (`_action_line`); the tool messages after it show the results.
     """
     content = _indented(message["content"])
     parts = [content] if content else []
-    parts += [
-        f"Action: {call['name']} "
-        + json.dumps(call.get("arguments", {}), ensure_ascii=False, default=str)
-        for call in message.get("tool_calls") or ()
-    ]
+    parts += map(_action_line, message.get("tool_calls") or ())
     return f"{message['role']}: " + "\n".join(parts)
 
 
@@ -4647,14 +4649,17 @@ class _BusyTime:
 
 
 def _ids_shown(episodes: Sequence[Any], texts: list[str]) -> list[int]:
-    """The ids of the episodes whose contents are `texts` (kept from theirs, in order)."""
+    """The ids of the episodes whose contents are `texts` as shown (kept from theirs, in order).
+
+    The texts are `_indented`, as the prompt shows them.
+    """
     ids: list[int] = []
     shown = iter(texts)
     wanted = next(shown, None)
     for episode in episodes:
         if wanted is None:
             break
-        if episode.content == wanted:
+        if _indented(episode.content) == wanted:
             ids.append(episode.id)
             wanted = next(shown, None)
     return ids
@@ -5274,13 +5279,11 @@ async def _answered(
 def _memories_block(texts: list[str]) -> str:
     """The prompt's block of recalled memories: a header, then a `- ` line a memory.
 
-    A memory's later lines are indented, as working memory's: none reads as a memory of its
-    own, nor as a line of the prompt's own (`Question: ...`).
+    `texts` are `_indented` already: a memory's later lines are indented, as working
+    memory's, so none reads as a memory of its own, nor as a line of the prompt's own
+    (`Question: ...`).
     """
-    lines = ["Relevant memories:"]
-    for text in texts:
-        lines.append("- " + _indented(text))
-    return "\n".join(lines)
+    return "\n- ".join(["Relevant memories:", *texts])
 
 
 def _indented(text: str) -> str:
