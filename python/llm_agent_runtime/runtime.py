@@ -4210,8 +4210,8 @@ class AgentRuntime(Unshared):
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
-            PersistenceError: The backend fails, or an event record is corrupt or is not
-                an event (its key named).
+            PersistenceError: The backend fails, an event record is corrupt or is not an
+                event (its key named), or the session has no checkpoint (an unknown id).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("the event log needs a checkpoint_backend")

@@ -1461,6 +1461,41 @@ async def test_a_fork_whose_copy_fails_leaves_its_new_id_free() -> None:
     assert await runtime.fork(session.session_id, 1, "child") == "child"
 
 
+async def test_a_fork_whose_claim_fails_leaves_its_new_id_free() -> None:
+    # Its marker was left: the id was refused to every fork for a minute, while loading it
+    # said to fork into it again.
+    class FailingClaim(ar.InMemoryBackend):
+        fail = False
+
+        async def save_new(self, key: str, value: bytes) -> bool:
+            if self.fail and key.endswith(":run:0"):
+                raise ar.PersistenceError("server gone", key=key)
+            return await super().save_new(key, value)
+
+    backend = FailingClaim()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(add_step(1), FINAL))
+    backend.fail = True
+    with pytest.raises(ar.PersistenceError, match="server gone"):
+        await runtime.fork(session.session_id, 1, "child")
+    assert await backend.list_keys("session:child") == []
+    backend.fail = False
+    assert await runtime.fork(session.session_id, 1, "child") == "child"
+    resumed = await runtime.resume("child", script(FINAL))
+    assert resumed.steps[0].observation == session.steps[0].observation
+    assert resumed.final_answer == session.final_answer
+
+
+async def test_the_events_of_an_unknown_session_are_refused_not_an_empty_log() -> None:
+    backend = ar.InMemoryBackend()
+    runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
+    session = await runtime.run_agent("a", "q", script(FINAL))
+    assert await runtime.session_events(session.session_id)
+    with pytest.raises(ar.PersistenceError, match="no checkpoint saved") as caught:
+        await runtime.session_events("no-such-session")
+    assert caught.value.key == "session:no-such-session"
+
+
 async def test_a_saved_session_run_again_as_itself_is_not_taken_for_a_new_one() -> None:
     # Refusing a new session under a saved id must not refuse the saved session itself: run
     # again after its step saves failed, loaded from its checkpoint, resumed, forked.
@@ -1494,9 +1529,11 @@ async def test_bad_prune_fork_and_sweep_arguments_are_persistence_errors() -> No
     for keep_last in (-1, "1", None, 0.5, True):
         with pytest.raises(ar.PersistenceError, match="keep_last must be an int >= 0"):
             await runtime.prune(sid, keep_last)  # type: ignore[arg-type]
-    for step in ("1", 1.5, -1, None):
-        with pytest.raises(ar.PersistenceError, match=f"cannot fork at step {step!r}"):
+    for step in ("1", 1.5, 2.0, True, -1, None):  # told as what it is, not as a range
+        with pytest.raises(ar.PersistenceError, match=rf"step must be an int >= 0, got {step!r}"):
             await runtime.fork(sid, step)  # type: ignore[arg-type]
+    with pytest.raises(ar.PersistenceError, match="cannot fork at step 3: the session has 2"):
+        await runtime.fork(sid, 3)
     for older_than in ("3600", None):
         with pytest.raises(ar.PersistenceError, match="older_than must be a number"):
             await runtime.sweep(older_than)  # type: ignore[arg-type]

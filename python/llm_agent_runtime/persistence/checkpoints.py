@@ -2615,10 +2615,13 @@ class CheckpointStore:
 
         Raises:
             PersistenceError: Naming the key, when an event record is corrupt or is not an
-                object with a `type` (a foreign record).
+                object with a `type` (a foreign record), or the session has no checkpoint
+                record at all (an unknown id).
         """
         prefix = f"{session_key(session_id)}:event:"
         keys = [k for _, k in _numbered(await self._list_keys(prefix), prefix)]
+        if not keys and not await self.exists(session_id):  # a mistyped id is no empty log
+            raise PersistenceError("no checkpoint saved", key=session_key(session_id))
         values = await self._batch_load(keys)
         return [_event(decode(values[k], k, "event"), k) for k in keys if k in values]
 
@@ -3031,8 +3034,13 @@ class CheckpointStore:
                 seconds ago), another fork claimed it meanwhile, or another fork takes over
                 the incomplete fork there.
         """
+        if not _is_count(step):  # told as such: "cannot fork at step 2.0" read as a range
+            raise PersistenceError(
+                f"cannot fork: step must be an int >= 0, got {step!r}",
+                key=session_key(session_id),
+            )
         state = await self.load(session_id)
-        if not _is_count(step) or step > len(state.records):
+        if step > len(state.records):
             raise PersistenceError(
                 f"cannot fork at step {step!r}: the session has {len(state.records)} steps",
                 key=session_key(session_id),
@@ -3078,7 +3086,19 @@ class CheckpointStore:
         if save_new is None:
             await self.backend.save(meta_key, marker)
         claim = f"{session_key(new_session_id)}:run:0"
-        if not await self._save_if_absent(claim, _encode("claim", {"run": run, "fork": True})):
+        claimed = _encode("claim", {"run": run, "fork": True})
+        try:
+            wrote = await self._save_if_absent(claim, claimed)
+        except BaseException:
+            # The marker goes (and the claim, had it landed all the same), as after a failed
+            # copy: left, it kept the id from every fork for the grace period.
+            cleanup = asyncio.ensure_future(
+                self._delete_own([(claim, claimed), (meta_key, marker)])
+            )
+            await wait_through_cancellation(cleanup)
+            retrieve_outcome(cleanup)  # the original error is what is raised
+            raise
+        if not wrote:
             # A run took the id meanwhile, and wrote its meta record over the fork's.
             raise PersistenceError(
                 f"cannot fork into session {new_session_id!r}: a run took it meanwhile "
@@ -3120,6 +3140,15 @@ class CheckpointStore:
         meta = decode(raw, claim, "meta")
         closed = final.get("run")  # a final that names no run (older records) closes any
         return closed is not None and (not isinstance(meta, dict) or meta.get("run") != closed)
+
+    async def _delete_own(self, records: Sequence[tuple[str, bytes]]) -> None:
+        """Deletes each `(key, raw)` record whose key still holds `raw` (see `_delete_if`).
+
+        Each is tried even when one before it failed (that failure suppressed).
+        """
+        for key, raw in records:
+            with contextlib.suppress(Exception):
+                await self._delete_if(key, raw)
 
     async def _unclaim(self, keys: Sequence[str]) -> None:
         """Deletes a failed fork's `keys`: its steps, its meta record, then its claim, last.
