@@ -495,6 +495,31 @@ async def test_fork_prune_sweep_and_the_event_log(tmp_path: Path) -> None:
         backend.close()
 
 
+async def test_prune_and_sweep_delete_a_long_session_in_batches() -> None:
+    # They deleted a key at a time: on SQLite each its own transaction, with its fsync
+    # (a 1,500-step session took about a second to prune, and more to sweep).
+    class Counted(ar.InMemoryBackend):
+        deletes = 0
+
+        async def delete(self, key: str) -> bool:
+            self.deletes += 1
+            return await super().delete(key)
+
+    backend = Counted()
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(max_iterations=70), tools=Effects().tools(), checkpoint_backend=backend
+    )
+    session = await runtime.run_agent("a", "q", script(*(add_step(i) for i in range(60)), FINAL))
+    sid = session.session_id
+    assert await runtime.prune(sid, keep_last=5) == 56
+    assert backend.deletes == 0  # none a key (no shorter base to delete)
+    assert len(await backend.list_keys(f"session:{sid}:step:")) == 5
+    assert await ar.AgentSession.load_checkpoint(backend, sid) == session
+    assert await runtime.sweep(older_than=-1.0) == [sid]
+    assert backend.deletes <= 3  # single keys: the sweep's claim and the final record, last
+    assert await backend.list_keys(f"session:{sid}") == []
+
+
 async def test_resume_and_fork_need_a_backend() -> None:
     runtime = ar.AgentRuntime()
     with pytest.raises(ar.AgentRuntimeError, match="checkpoint_backend"):

@@ -278,7 +278,11 @@ class DeadFrom(Delegating):
         method = getattr(self.inner, name)
 
         async def call(*args: Any) -> Any:
-            self.dead = self.dead or (name, *args[:1]) == ("delete", self.key)
+            # A key deleted alone, or in a batch (`batch_delete_if(guard, value, keys)`).
+            self.dead = self.dead or (
+                (name, *args[:1]) == ("delete", self.key)
+                or (name == "batch_delete_if" and self.key in args[2])
+            )
             if self.dead:
                 raise RuntimeError("the process died")
             return await method(*args)
@@ -345,7 +349,11 @@ async def test_a_sweep_keeps_a_legacy_key_that_names_a_takeover_key(
 
 class SlowDeletes(Delegating):
     """The backend, each deletion taking `seconds` of `clock` (a large session, a slow link);
-    `during(n)` is awaited in the n-th deletion (from 1), after its time passed."""
+    `during(n)` is awaited in the n-th deletion (from 1), after its time passed.
+
+    `batched`: its guarded batch deletions too, a key a batch (the sweep's batch size made 1);
+    else it has none (a backend without them), and a sweep deletes a key at a time.
+    """
 
     def __init__(
         self,
@@ -353,22 +361,43 @@ class SlowDeletes(Delegating):
         clock: list[float],
         seconds: float,
         during: Any = None,
+        batched: bool = False,
     ) -> None:
         super().__init__(inner)
         self.clock, self.seconds, self.during = clock, seconds, during
         self.deleted: list[str] = []
+        if not batched:
+            self.batch_delete_if = None  # none to call
 
-    async def delete(self, key: str) -> bool:
+    async def _deleting(self, key: str) -> None:
         self.deleted.append(key)
         self.clock[0] += self.seconds
         if self.during is not None:
             await self.during(len(self.deleted))
+
+    async def delete(self, key: str) -> bool:
+        await self._deleting(key)
         return bool(await self.inner.delete(key))
 
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: Any) -> bool:
+        for key in keys:
+            await self._deleting(key)
+        return bool(await self.inner.batch_delete_if(guard_key, guard_value, keys))
 
+
+BATCHED = pytest.mark.parametrize("batched", [False, True], ids=["key by key", "batched"])
+
+
+def sweep_batches_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's batches of one key each: a batched sweep deletes as many times as keys."""
+    monkeypatch.setattr(checkpoints, "_SWEEP_BATCH", 1)
+
+
+@BATCHED
 async def test_a_sweep_longer_than_the_grace_period_keeps_its_claim(
-    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
+    sweep_batches_of_one(monkeypatch)
     # Its claim aged as it deleted: a turn starting a minute in took it for a cut-short
     # sweep's and ran, and the sweep went on deleting the session under it.
     worker, session, clock = await answered_on_a_clock(backend, monkeypatch)
@@ -380,15 +409,17 @@ async def test_a_sweep_longer_than_the_grace_period_keeps_its_claim(
                 await worker.run_turn(copy.deepcopy(session), "Q2", script(TWO))
             refused.append(str(info.value))
 
-    slow = SlowDeletes(backend, clock, 25.0, turn_at_third)
+    slow = SlowDeletes(backend, clock, 25.0, turn_at_third, batched)
     assert await CheckpointStore(slow).sweep(older_than=-1.0) == ["s"]
     assert len(refused) == 1 and len(slow.deleted) > 3
     assert await backend.list_keys("session:") == []
 
 
+@BATCHED
 async def test_a_sweep_whose_process_stalls_stops_and_the_next_one_ends_it(
-    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
+    sweep_batches_of_one(monkeypatch)
     # Stalled half the grace period, its claim may be taken over at any moment: it went on
     # deleting, whatever a run that took the claim over wrote meanwhile.
     _, _, clock = await answered_on_a_clock(backend, monkeypatch)
@@ -397,7 +428,7 @@ async def test_a_sweep_whose_process_stalls_stops_and_the_next_one_ends_it(
         if deletion == 2:
             clock[0] += 35.0
 
-    stalled = SlowDeletes(backend, clock, 0.0, stall_at_second)
+    stalled = SlowDeletes(backend, clock, 0.0, stall_at_second, batched)
     assert await CheckpointStore(stalled).sweep(older_than=-1.0) == []
     # Nothing after the stall but its own claim (and the key that guards its deletion).
     assert [k for k in stalled.deleted[2:] if not k.startswith("session:s:run:1")] == []
@@ -407,9 +438,11 @@ async def test_a_sweep_whose_process_stalls_stops_and_the_next_one_ends_it(
     assert await backend.list_keys("session:") == []
 
 
+@BATCHED
 async def test_a_sweep_whose_claim_was_taken_over_stops(
-    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
+    sweep_batches_of_one(monkeypatch)
     _, _, clock = await answered_on_a_clock(backend, monkeypatch)
     other = encode("claim", {"sweep": "0" * 32, "final": "f", "at": clock[0]})
 
@@ -418,7 +451,7 @@ async def test_a_sweep_whose_claim_was_taken_over_stops(
             await backend.save("session:s:run:1", other)
             clock[0] += 21.0
 
-    taken = SlowDeletes(backend, clock, 0.0, taken_at_second)
+    taken = SlowDeletes(backend, clock, 0.0, taken_at_second, batched)
     assert await CheckpointStore(taken).sweep(older_than=-1.0) == []
     assert [k for k in taken.deleted[2:] if not k.startswith("session:s:run:1")] == []
     assert await backend.load("session:s:run:1") == other  # not this sweep's to delete
