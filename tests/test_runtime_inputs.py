@@ -407,6 +407,49 @@ async def test_remembered_approvals_are_kept_for_the_latest_sessions_only(
     assert asked[-1] == "s0" and list(rt._approvals) == ["s4", "s2", "s0"]
 
 
+async def test_at_the_cap_a_run_reads_only_the_oldest_remembered_sessions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each run's end copied every remembered session id (10,000 of them at the cap, where a
+    # service with a session a user stays): about 50 us a run.
+    monkeypatch.setattr(runtime_module, "REMEMBERED_APPROVAL_SESSIONS", 50)
+
+    class Counted(dict[str, Any]):
+        read = 0
+
+        def __iter__(self) -> Any:
+            for key in super().__iter__():
+                self.read += 1
+                yield key
+
+    rt = ar.AgentRuntime(
+        tools=[add], approval_handler=lambda s, n, a: ar.ApprovalDecision("approve", remember=True)
+    )
+    adds = ['Thought: t\nAction: add {"a": 1, "b": 2}', FINAL]
+    blocked, release = asyncio.Event(), asyncio.Event()
+
+    async def held(prompt: str) -> str:  # the oldest session's run goes on meanwhile
+        blocked.set()
+        await release.wait()
+        return FINAL
+
+    oldest = rt.create_session("a", "oldest")
+    await rt.run_agent("a", "q", react(*adds), session=oldest)
+    running = asyncio.ensure_future(rt.run_agent("a", "q", held, session=oldest))
+    await blocked.wait()
+    for i in range(49):
+        await rt.run_agent("a", "q", react(*adds), session=rt.create_session("a", f"s{i}"))
+    rt._approvals = Counted(rt._approvals)
+    for i in range(49, 60):
+        await rt.run_agent("a", "q", react(*adds), session=rt.create_session("a", f"s{i}"))
+    assert rt._approvals.read <= 11 * 3  # a few of the oldest a run, not all fifty-one
+    # The running session is the oldest: passed over, the idle ones after it forgotten.
+    assert list(rt._approvals)[:2] == ["oldest", "s11"] and len(rt._approvals) == 50
+    release.set()
+    await running
+    assert list(rt._approvals)[-1] == "oldest"
+
+
 async def test_a_running_session_that_remembers_nothing_takes_no_remembered_place(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
