@@ -871,9 +871,10 @@ impl Index {
     /// (`originals_path`), as [`Index::load`] refuses the same file for both, or when the
     /// save's buffer (1 MiB) cannot be allocated.
     pub fn save(&self, path: &str) -> CoreResult<()> {
+        let target = save_target(path)?;
         if self
             .originals_path()
-            .is_some_and(|originals| same_file(path, originals))
+            .is_some_and(|originals| same_file(&target, originals))
         {
             // Checked before anything is written: the rename would replace the copies file
             // with the index, and the copies (still written to the replaced file, which no
@@ -883,7 +884,7 @@ impl Index {
                  which holds its float32 copies (save the index to another file)"
             )));
         }
-        if originals::in_use(path) {
+        if originals::in_use(&target) {
             // Replacing the file would take it from the index holding it: that index goes on
             // with a file no name reaches, and another load could take (and empty) the new one.
             return Err(CoreError::Persistence(format!(
@@ -895,7 +896,7 @@ impl Index {
         // Write beside, then rename: a crash never leaves a half-written index in place. The
         // temporary name is unique to this save, so concurrent saves to one path never share
         // it, and it is removed again when the save fails.
-        let tmp = unique_temp_path(path);
+        let tmp = unique_temp_path(&target);
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -903,7 +904,7 @@ impl Index {
             .map_err(io)?;
         let written = self
             .write_to(file, path)
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(io));
+            .and_then(|()| std::fs::rename(&tmp, &target).map_err(io));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp); // best effort: the save failed anyway
         }
@@ -1229,6 +1230,36 @@ const TEMP_NAME_BYTES: usize = 200;
 /// at the same time: `{path}.{pid}.{counter}.{nanos}.tmp`, the file name cut to its first
 /// [`TEMP_NAME_BYTES`] bytes (at a character boundary), so that any name the file system
 /// accepts for the target leaves room for the temporary one.
+/// Where `save` writes the index given `path`: `path` itself, or, for a symbolic link, the
+/// file it points to (the rename would replace the link, and leave that file as it was).
+/// Anything there but a regular file is refused: the rename would replace a directory, a
+/// device or a FIFO with the index.
+fn save_target(path: &str) -> CoreResult<String> {
+    let refused =
+        |why: String| CoreError::Persistence(format!("cannot save the index to {path}: {why}"));
+    let not_regular = || refused("not a regular file (it would be replaced)".to_owned());
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_owned()),
+        Err(e) => Err(refused(e.to_string())),
+        Ok(found) if found.file_type().is_symlink() => {
+            let target = std::fs::canonicalize(path).map_err(|e| {
+                refused(format!(
+                    "a symbolic link whose target cannot be resolved ({e})"
+                ))
+            })?;
+            if !std::fs::metadata(&target).is_ok_and(|m| m.is_file()) {
+                return Err(not_regular());
+            }
+            target
+                .into_os_string()
+                .into_string()
+                .map_err(|_| refused("its link's target is not valid Unicode".to_owned()))
+        }
+        Ok(found) if found.is_file() => Ok(path.to_owned()),
+        Ok(_) => Err(not_regular()),
+    }
+}
+
 fn unique_temp_path(path: &str) -> String {
     static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let counter = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1736,7 +1767,8 @@ impl PyVectorIndex {
     ///         for `add`: native-endian float32, C-contiguous and aligned in memory), NaN/inf,
     ///         or zero; or out of memory for the results.
     ///     PersistenceError: float32 copies kept in a file cannot be read for re-scoring
-    ///         (in a forked child, they never can: see the class docs).
+    ///         (in a forked child, they never can: see the class docs), or were changed from
+    ///         outside the index.
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -1807,7 +1839,8 @@ impl PyVectorIndex {
     ///     MemoryStoreError: `id` is not a valid id (negative, above 2**63 - 1, a bool, or
     ///         not an int).
     ///     PersistenceError: float32 copies kept in a file cannot be read (in a forked
-    ///         child, they never can: see the class docs).
+    ///         child, they never can: see the class docs), or were changed from outside the
+    ///         index.
     fn get<'py>(
         &self,
         py: Python<'py>,
@@ -1835,15 +1868,17 @@ impl PyVectorIndex {
     }
 
     /// Writes the index to `path`, a `str` or `os.PathLike` (versioned format with a
-    /// checksum, replaced atomically).
+    /// checksum, replaced atomically). A symbolic link is followed: the file it points to is
+    /// replaced, and the link kept.
     ///
     /// The index is written a chunk at a time: saving needs no memory for a copy of it.
     ///
     /// Raises:
     ///     MemoryStoreError: `path` is this index's own `originals_path` (the file of its
     ///         float32 copies, which the save would replace): nothing is written.
-    ///     PersistenceError: the file cannot be written, `path` is not valid Unicode or is
-    ///         the `originals_path` of another index (in use: nothing is written); or
+    ///     PersistenceError: the file cannot be written, `path` is not valid Unicode, is
+    ///         neither absent nor a regular file (a directory, device or FIFO), or is
+    ///         the `originals_path` of another index (nothing is written); or
     ///         float32 copies kept in a file cannot be read (in a forked child: see the
     ///         class docs).
     fn save(&self, py: Python<'_>, #[pyo3(from_py_with = path_arg)] path: String) -> PyResult<()> {

@@ -54,14 +54,13 @@ def test_concurrent_saves_to_one_path_always_leave_a_whole_index(tmp_path: Path)
 
 
 def test_a_failed_save_leaves_no_temporary_file(tmp_path: Path) -> None:
-    index = ar.VectorIndex(8)
+    copies = tmp_path / "copies.f32"
+    index = ar.VectorIndex(8, dtype="int8", originals_path=copies)
     index.add(np.arange(20), rows(0))
-    target = tmp_path / "target"
-    target.mkdir()  # renaming a file over a directory fails
-    with pytest.raises(ar.PersistenceError, match="cannot write"):
-        index.save(str(target))
-    assert [p.name for p in tmp_path.iterdir()] == ["target"]
-    assert list(target.iterdir()) == []
+    os.truncate(copies, 10)  # cut from outside: the save fails as it copies them
+    with pytest.raises(ar.PersistenceError, match="cannot read the float32 copies"):
+        index.save(str(tmp_path / "target"))
+    assert [p.name for p in tmp_path.iterdir()] == ["copies.f32"]
 
 
 def test_two_indexes_cannot_share_an_originals_file(tmp_path: Path) -> None:
@@ -316,3 +315,63 @@ def test_a_long_remove_lets_other_threads_run(tmp_path: Path) -> None:
     # ticker runs about once a millisecond of a call that takes a tenth of a second or more.
     assert during >= 10, f"{during} ticks in {end - start:.3f} s"
     assert len(index) == n - n // 2
+
+
+def test_save_replaces_only_a_regular_file_and_follows_a_link(tmp_path: Path) -> None:
+    # The rename replaced whatever was at the path: a FIFO (or a device, such as /dev/null)
+    # became a regular file, and a link was replaced while the file it named kept the old
+    # index.
+    index = ar.VectorIndex(4)
+    index.add([1, 2], np.eye(4, dtype=np.float32)[:2])
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for target in (fifo, folder):
+        with pytest.raises(ar.PersistenceError, match="not a regular file"):
+            index.save(target)
+    assert fifo.is_fifo() and folder.is_dir()
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "missing" / "index.bin")
+    with pytest.raises(ar.PersistenceError, match="target cannot be resolved"):
+        index.save(dangling)
+    to_fifo = tmp_path / "to_fifo"
+    to_fifo.symlink_to(fifo)
+    with pytest.raises(ar.PersistenceError, match="not a regular file"):
+        index.save(to_fifo)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "folder", "pipe", "to_fifo"]
+
+    real = tmp_path / "real.bin"
+    ar.VectorIndex(4).save(real)  # an empty index
+    link = tmp_path / "link.bin"
+    link.symlink_to(real)
+    index.save(link)
+    assert link.is_symlink() and link.resolve() == real
+    assert len(ar.VectorIndex.load(real)) == 2  # the file it names is the new index
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_float32_copies_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ar.PersistenceError, match="not a regular file"):
+        ar.VectorIndex(4, dtype="int8", originals_path=fifo)
+    assert fifo.is_fifo()
+
+
+def test_copies_changed_from_outside_give_an_error_not_nan_scores(tmp_path: Path) -> None:
+    # The lock is advisory: a writer from outside, at the same length, gave NaN scores and
+    # vectors (and scores far above 1).
+    copies = tmp_path / "copies.f32"
+    index = ar.VectorIndex(8, dtype="int8", exact_rescore=True, originals_path=copies)
+    data = rows(3)
+    index.add(np.arange(20), data)
+    query = data[5] / np.linalg.norm(data[5])
+    assert index.search(query, 1)[0].tolist() == [5]
+    for bad in (np.nan, 1e30):
+        with open(copies, "r+b") as file:
+            file.write(np.full(20 * 8, bad, dtype=np.float32).tobytes())
+        with pytest.raises(ar.PersistenceError, match="changed from outside the index"):
+            index.search(query, 3)
+        with pytest.raises(ar.PersistenceError, match="changed from outside the index"):
+            index.get(5)

@@ -619,7 +619,7 @@ class VectorIndex:
             MemoryStoreError: id is negative or above 2**63 - 1 (no vector can have it), a
                 bool, or not an int.
             PersistenceError: float32 copies kept in a file cannot be read (in a forked
-                child, never: see the class docs).
+                child, never: see the class docs), or were changed from outside the index.
         """
     def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
         """Adds or replaces vectors (all or nothing); ids go from 0 to 2**63 - 1 (not bools).
@@ -658,7 +658,8 @@ class VectorIndex:
                 `add`: native-endian float32, C-contiguous and aligned in memory; NaN/inf,
                 zero); out of memory for the results.
             PersistenceError: float32 copies kept in a file cannot be read for re-scoring
-                (in a forked child, never: see the class docs).
+                (in a forked child, never: see the class docs), or were changed from outside
+                the index.
         """
     def search_batch(
         self, queries: npt.NDArray[np.float32], k: int
@@ -678,12 +679,14 @@ class VectorIndex:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the index to path, a str or os.PathLike (versioned, checksummed, atomic replace).
 
-        Written a chunk at a time: saving needs no memory for a copy of the index.
+        A symbolic link is followed: the file it points to is replaced, the link kept. Written
+        a chunk at a time: saving needs no memory for a copy of the index.
 
         Raises:
             MemoryStoreError: path is this index's own originals_path (nothing is written).
-            PersistenceError: the file cannot be written, the path is not valid Unicode or
-                is another index's originals_path (in use: nothing is written); or
+            PersistenceError: the file cannot be written, the path is not valid Unicode, is
+                neither absent nor a regular file (a directory, device or FIFO), or is
+                another index's originals_path (nothing is written); or
                 float32 copies kept in a file cannot be read (in a forked child: see the
                 class docs).
         """

@@ -18,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 
 use super::dot_portable;
-use super::quantized::{f32_to_le, reserve_huge};
+use super::quantized::{f32_to_le, reserve_huge, stored_row_problem};
 use super::stream::{extend_f32, write_le, CHUNK_BYTES};
 use crate::errors::{out_of_memory, try_reserve, CoreError, CoreResult};
 
@@ -87,6 +87,13 @@ impl Originals {
             .truncate(false)
             .open(path)
             .map_err(failed)?;
+        // Of the file opened (a name swapped meanwhile does not count): a device or a FIFO
+        // would take the copies' writes and give back something else.
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(CoreError::Persistence(format!(
+                "cannot use {path} for the float32 copies: not a regular file"
+            )));
+        }
         try_lock(&file, Lock::Exclusive).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 CoreError::Persistence(format!(
@@ -305,7 +312,16 @@ impl Originals {
                 f.read_row(r, &mut bytes)?;
                 let mut row = Vec::with_capacity(dim);
                 extend_f32(&mut row, &bytes);
-                Ok(row)
+                // The file is locked against other indexes only (an advisory lock): a
+                // writer from outside would give scores that are not cosines, and NaN.
+                match stored_row_problem(r, &row) {
+                    None => Ok(row),
+                    Some(why) => Err(CoreError::Persistence(format!(
+                        "the float32 copies in {} were changed from outside the index ({why}): \
+                         rebuild it",
+                        f.path
+                    ))),
+                }
             }
         }
     }

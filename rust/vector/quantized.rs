@@ -118,6 +118,16 @@ fn not_unit(r: usize, norm: f64, tolerance: f64) -> Option<String> {
         .then(|| format!("row {r} has norm {norm:.6}, not 1: the index stores unit vectors"))
 }
 
+/// Why float32 row `r`, as read back, is none the index stored: a value that is not finite,
+/// or a norm that is not 1 (`None` when it is one). For rows read from a file that could be
+/// changed from outside the index, whose scores would then not be cosines.
+pub fn stored_row_problem(r: usize, row: &[f32]) -> Option<String> {
+    if !row.iter().all(|x| x.is_finite()) {
+        return Some(format!("row {r} holds a value that is not finite"));
+    }
+    not_unit(r, norm(row.iter().copied()), F32_NORM_TOLERANCE)
+}
+
 /// The message for the first float32 row (of `dim` values) of `values` that is not of unit
 /// length; `None` when all are.
 pub fn unit_rows_error(values: &[f32], dim: usize) -> Option<String> {
