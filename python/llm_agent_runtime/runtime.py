@@ -4181,18 +4181,50 @@ class AgentRuntime(Unshared):
             raise AgentRuntimeError("prune needs a checkpoint_backend")
         return await self._checkpoints.prune(session_id, keep_last)
 
-    async def sweep(self, older_than: float) -> list[str]:
+    async def sweep(self, older_than: float, *, failed: bool = False) -> list[str]:
         """Deletes finished sessions that ended more than `older_than` seconds ago.
+
+        With `failed`, sessions whose latest run failed, timed out or was cancelled (or a
+        fork not resumed since it was made) more than `older_than` seconds ago too: they
+        can no longer be resumed. Returns the ids of the deleted sessions.
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
-            PersistenceError: `older_than` is not a number (or is NaN), or the backend
-                fails; or, after sweeping the others, when sessions' final checkpoints are
-                corrupt (see `CheckpointStore.sweep`).
+            PersistenceError: `older_than` is not a number (or is NaN), `failed` is not a
+                bool, or the backend fails; or, after sweeping the others, when sessions'
+                final checkpoints are corrupt (see `CheckpointStore.sweep`).
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("sweep needs a checkpoint_backend")
-        return await self._checkpoints.sweep(older_than)
+        return await self._checkpoints.sweep(older_than, failed=failed)
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Deletes a saved session whose latest run ended, finished or not.
+
+        Its checkpoints, tool-call journal and event log go, and the approval decisions
+        remembered for it here. A run that failed, timed out or was cancelled ended too: its
+        session is deleted, and can no longer be resumed. Returns False when nothing of the
+        session is saved. A turn or resume that starts while it is deleted is refused (see
+        `CheckpointStore.delete_session`).
+
+        Raises:
+            AgentRuntimeError: Without a checkpoint backend.
+            TypeError: `session_id` is not a str.
+            PersistenceError: The session's latest run has not ended (it runs, or its
+                process ended first: `resume` finishes it), a fork is being copied into it,
+                a run or sweep took it as it was deleted, its records are corrupt, or the
+                backend fails.
+        """
+        if self._checkpoints is None:
+            raise AgentRuntimeError("delete_session needs a checkpoint_backend")
+        if not isinstance(session_id, str):
+            raise TypeError(
+                f"session_id must be a str, got {type(session_id).__name__} (for a session, "
+                "pass session.session_id)"
+            )
+        deleted = await self._checkpoints.delete_session(session_id)
+        self.forget_approvals(session_id)
+        return deleted
 
     async def session_events(self, session_id: str) -> list[dict[str, Any]]:
         """The logged events of a session, oldest first (type and fields of each).

@@ -46,16 +46,21 @@ is a key of another):
   not come (`REPLY_STATES`); the call's own entry then replaces it;
 - `session:<id>:event:<seq>`: the append-only event log (every event but `LlmTextDelta`,
   whose text `LlmResponse` holds, and `CheckpointSaved`);
+- `session:<id>:ended`: the end of the session's latest run (its id, the session's
+  `duration_ms` and, for a run that failed, `ended_at`), written with its final checkpoint,
+  by a failed run (`save_run_end`), or by `fork` for the fork's run;
 - `session:<id>`: the final checkpoint (the whole session, with the working memory's entries;
   a multi-turn session's is its latest finished turn's), naming the run it closes.
 
-A sweep claims a session it deletes as a run does (`:run:<n>`), its claim naming the digest of
-the final checkpoint it found and when it claimed (`at`, renewed as it deletes, so a long
-sweep keeps its claim; a sweep whose process stalls stops); it deletes that final checkpoint
-last, if it is still the one it found, then its claim. A run from that step is refused while
-the claim is there, before it writes anything. A claim left by a sweep cut short is told by
-there being no final checkpoint at all, or by its age (older than `_GRACE_SECONDS`): the
-next run from that step, or the next sweep, deletes it (and that sweep deletes the session).
+A sweep (or `delete_session`) claims a session it deletes as a run does (`:run:<n>`), its
+claim naming the digest of its anchor, the final checkpoint it found (or, for a session
+whose latest run failed and that has none, its end record), and when it claimed (`at`,
+renewed as it deletes, so a long sweep keeps its claim; a sweep whose process stalls stops);
+it deletes that anchor last, if it is still the one it found, then its claim. A run from that
+step is refused while the claim is there, before it writes anything. A claim left by a sweep
+cut short is told by there being no anchor at all, or by its age (older than
+`_GRACE_SECONDS`): the next run from that step, or the next sweep, deletes it (and that
+sweep deletes the session; one whose latest run failed, a sweep with `failed` does).
 """
 
 from __future__ import annotations
@@ -845,7 +850,8 @@ _BACKEND_METHODS = ("save", "load", "delete", "batch_save", "batch_load", "list_
 _CONDITIONAL_WRITES = ("save_new", "batch_save_if", "batch_delete_if")
 
 _SWEEP_BATCH = 500
-"""Keys a sweep deletes in one batch, its claim renewed before each (see `_sweep_one`)."""
+"""Keys a sweep (or `delete_session`) deletes in one batch, its claim renewed before each (see
+`_delete_ended`)."""
 
 
 def _backend_failures_typed(
@@ -994,8 +1000,8 @@ def _fence_of(resume_key: str) -> str:
 
 
 _RUN_SAVED_ADVICE = (
-    "load it (AgentSession.load_checkpoint) and run that, resume it (runtime.resume), or start "
-    "the new session under a new id"
+    "load it (AgentSession.load_checkpoint) and run that, resume it (runtime.resume), delete it "
+    "(runtime.delete_session), or start the new session under a new id"
 )
 _UNDER_WAY = "is being run by another run, which started from the same step"
 _NOT_ENDED = "cannot run from a copy holding steps of its latest run: that run has not ended"
@@ -1003,7 +1009,7 @@ _NOT_ENDED_ADVICE = (
     "another worker runs it, or its process ended and runtime.resume finishes it; load the "
     "session (AgentSession.load_checkpoint) again once it has ended"
 )
-_SWEPT = "is being deleted by a sweep (it had finished long enough ago)"
+_SWEPT = "is being deleted by a sweep or delete_session (its latest run had ended)"
 _SWEPT_ADVICE = "run the turn again once the sweep has ended: the session is then saved anew"
 _RESUMED = "is being resumed by another worker"
 _RESUMED_ADVICE = (
@@ -1323,19 +1329,24 @@ class CheckpointStore:
     async def _drop_stranded_sweep(self, key: str, claim: str) -> bool:
         """Deletes `claim`, a sweep's run claim on session key `key`, if its sweep is over.
 
-        A sweep deletes the final checkpoint last, then its claim: one cut short (its process
-        ended) leaves its claim, which would refuse every run of the session from that step.
-        Its sweep is over when there is no final checkpoint at all (one there may be one a
-        run wrote as the sweep deleted: `save_meta` writes it before it claims), or when its
-        claim is older than `_GRACE_SECONDS` (its `at`; a claim of an older version has
-        none, and is). The claim is deleted by the one that takes it over (see
-        `_drop_claim`). Returns whether it was deleted here.
+        A sweep deletes its anchor last (the final checkpoint; for `delete_session` of a
+        session whose latest run failed, the end record, which its claim then names), then
+        its claim: one cut short (its process ended) leaves its claim, which would refuse
+        every run of the session from that step. Its sweep is over when there is no anchor at
+        all (a final checkpoint there may be one a run wrote as the sweep deleted:
+        `save_meta` writes it before it claims), or when its claim is older than
+        `_GRACE_SECONDS` (its `at`; a claim of an older version has none, and is). The claim
+        is deleted by the one that takes it over (see `_drop_claim`). Returns whether it was
+        deleted here.
         """
         raw = await self.backend.load(claim)
         holder = decode(raw, claim) if raw is not None else None
         if raw is None or not (isinstance(holder, dict) and "sweep" in holder):
             return False
-        if not _outlived(holder, "at") and await self.backend.load(key) is not None:
+        # Its anchor, deleted last: the end record for `delete_session` of a session whose
+        # latest run failed, else the final checkpoint.
+        anchor = f"{key}:ended" if "ended" in holder else key
+        if not _outlived(holder, "at") and await self.backend.load(anchor) is not None:
             return False  # its sweep may be deleting the session right now
         return await self._drop_claim(claim, raw)
 
@@ -2398,7 +2409,7 @@ class CheckpointStore:
         run and no final checkpoint closes it (a later run's end, or final checkpoint,
         supersedes it; a final checkpoint writes the record too, naming its run).
         """
-        record = {"run": run, "duration_ms": session.duration_ms}
+        record = {"run": run, "duration_ms": session.duration_ms, "ended_at": time.time()}
         key = f"{session_key(session.session_id)}:ended"
         await self._save_with_events(session.session_id, {key: _encode("ended", record)}, events)
 
@@ -2709,7 +2720,12 @@ class CheckpointStore:
         folded = {"records": [r.to_dict() for r in state.records[:cut]]}
         base = _encode("base", folded)
         await self.backend.save(f"{key}:base:{cut}", base)
-        if not await self._batch_load([key, f"{key}:meta"]):  # swept meanwhile: none is left
+        # Swept or deleted meanwhile: none is left; or a deletion has claimed the session (at
+        # the step after its last, see `_delete_ended`) and may have listed its keys before
+        # this base landed, to leave it behind, read by a new session under the id.
+        if not await self._batch_load([key, f"{key}:meta"]) or await self._swept(
+            f"{key}:run:{len(state.records)}"
+        ):
             await self._delete_if(f"{key}:base:{cut}", base)
             raise PersistenceError("the session was deleted (swept) as it was pruned", key=key)
         # What that base holds: the deltas and the journal entries of steps 1 to `cut`.
@@ -2750,8 +2766,15 @@ class CheckpointStore:
         return longest
 
     @_backend_failures_typed("the sweep")
-    async def sweep(self, older_than: float, now: float | None = None) -> list[str]:
+    async def sweep(
+        self, older_than: float, now: float | None = None, *, failed: bool = False
+    ) -> list[str]:
         """Deletes finished sessions that ended more than `older_than` seconds ago.
+
+        With `failed`, sessions whose latest run ended without finishing (an error, a
+        timeout, a cancel; a fork not resumed since it was made) more than `older_than`
+        seconds ago too: they can no longer be resumed. An end record of an older version
+        holds no time, and is old.
 
         Running sessions are never touched. Returns the ids of the deleted sessions. Each
         session is claimed before it is deleted, as a run starting its next turn claims it
@@ -2774,13 +2797,16 @@ class CheckpointStore:
 
         Raises:
             PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), both
-                are infinite alike, or the backend fails. When a session's final checkpoint
+                are infinite alike, `failed` is not a bool, or the backend fails. When a
+                session's final checkpoint
                 (or the meta record of one without it) is corrupt: only after the pass, which
                 sweeps the other sessions and logs each damaged one; the error counts both
                 and quotes the first damage.
         """
         older_than = _sweep_seconds("older_than", older_than)
         now = time.time() if now is None else _sweep_seconds("now", now)
+        if type(failed) is not bool:
+            raise PersistenceError(f"failed must be True or False, got {failed!r}")
         if math.isnan(now - older_than):  # both infinite alike: a NaN cut-off (see above)
             raise PersistenceError(
                 f"now ({now}) and older_than ({older_than}) leave no time to sweep by"
@@ -2792,7 +2818,11 @@ class CheckpointStore:
         leftovers: dict[str, None] = {}  # sessions with a run's claim or a takeover key
         for key in keys:
             parsed = split_session_key(key)
-            if parsed is not None and parsed[1] in ("", "meta"):
+            # With `failed`, an end record too: a failed session's deletion cut short may
+            # leave it alone (its anchor, deleted last).
+            if parsed is not None and (
+                parsed[1] in ("", "meta") or (failed and parsed[1] == "ended")
+            ):
                 candidates[parsed[0]] = None
             elif parsed is not None and parsed[1].startswith("run:"):
                 claimed.add(parsed[0])
@@ -2805,7 +2835,10 @@ class CheckpointStore:
         damaged: list[tuple[str, PersistenceError]] = []
         for session_id in candidates:
             try:
-                if await self._sweep_candidate(session_id, present, claimed, now, older_than):
+                cut_off = (now - older_than) if failed else None
+                if await self._sweep_candidate(
+                    session_id, present, claimed, now, older_than, cut_off
+                ):
                     swept.append(session_id)
             except _DamagedSession as damage:
                 # One damaged session must not keep every one after it from being swept (a
@@ -2825,28 +2858,99 @@ class CheckpointStore:
             ) from first
         return swept
 
+    @_backend_failures_typed("deleting")
+    async def delete_session(self, session_id: str) -> bool:
+        """Deletes every record of a session whose latest run ended: finished or failed.
+
+        Its final checkpoint, steps, base records, tool-call journal, event log, meta and end
+        records, and its runs' claims. A failed run (an error, a timeout, a cancel) wrote an
+        end record: its session is deleted as a finished one is, and can no longer be
+        resumed. An incomplete fork (its copy cut short, see `fork`) is deleted once its
+        marker is older than `_GRACE_SECONDS`. Returns False when nothing of the session is
+        stored (what cut-short sweeps and forks left under its id is deleted then, as `sweep`
+        deletes it).
+
+        The session is claimed as `sweep` claims it (see `_delete_ended`): a turn or resume
+        that starts while it is deleted is refused, and one that started first keeps it. A
+        copy of the session held in memory can still run a turn afterwards: it is then
+        saved anew, whole.
+
+        Raises:
+            PersistenceError: Nothing deleted: the session's latest run has not ended (it
+                runs, or its process ended before it saved its end: `runtime.resume`
+                finishes it), a fork is being copied into it, a run or sweep took it
+                meanwhile, or its records are corrupt. Or the deletion was cut short (a run
+                or a sweep took the session as it deleted, or the backend failed): what is
+                left loads as before or is deleted by the next call or sweep.
+        """
+        key = session_key(session_id)
+        listed = await self._list_keys(f"{key}:")
+        found = await self._batch_load(_anchor_keys(key))
+        meta_raw = found.get(f"{key}:meta")
+        if not found:
+            if listed:  # no session: what cut-short sweeps, forks and prunes left
+                await self._drop_leftovers(key)
+            return False
+        meta = decode(meta_raw, f"{key}:meta", "meta") if meta_raw is not None else None
+        if _is_incomplete_fork(meta):
+            if await self._sweep_fork(key, time.time() - _GRACE_SECONDS):
+                return True
+            raise PersistenceError(
+                f"session {session_id!r} cannot be deleted: a fork is being copied into it "
+                f"(delete it once the fork ended, or {_GRACE_SECONDS:.0f} s after it began)",
+                key=key,
+            )
+        if _latest_run_end(key, found) is None:
+            raise PersistenceError(
+                f"session {session_id!r} cannot be deleted: its latest run has not ended (it "
+                "runs, or its process ended before the run's end was saved: runtime.resume "
+                "finishes it)",
+                key=key,
+            )
+        if not await self._delete_ended(key, found, listed):
+            raise PersistenceError(
+                f"session {session_id!r} was not deleted, or not wholly: a run, resume or "
+                "sweep took it as it was deleted; load it, or delete it again once that ended",
+                key=key,
+            )
+        return True
+
     async def _sweep_candidate(
-        self, session_id: str, present: set[str], claimed: set[str], now: float, older_than: float
+        self,
+        session_id: str,
+        present: set[str],
+        claimed: set[str],
+        now: float,
+        older_than: float,
+        failed_before: float | None,
     ) -> bool:
         """Sweeps one session `sweep` found, if finished long enough ago; returns whether it did.
 
-        `present`: the keys listed; `claimed`: the sessions with a run's claim.
+        `present`: the keys listed; `claimed`: the sessions with a run's claim;
+        `failed_before`: with `sweep(failed=True)`, when a run that ended without finishing
+        must have ended by (see `_sweep_failed`).
         """
         key = session_key(session_id)
         if key not in present:
-            # Running, never finished, or an incomplete fork.
-            return f"{key}:meta" in present and await self._sweep_fork(key, now - older_than)
-        raw = await self.backend.load(key)
+            # Running, never finished, failed, or an incomplete fork.
+            if f"{key}:meta" in present and await self._sweep_fork(key, now - older_than):
+                return True
+            return failed_before is not None and await self._sweep_failed(key, failed_before)
+        found = await self._batch_load(_anchor_keys(key))
+        raw = found.get(key)
         if raw is None:
             return False  # deleted meanwhile
-        meta_raw = await self.backend.load(f"{key}:meta") if f"{key}:meta" in present else None
+        meta_raw = found.get(f"{key}:meta")
         try:
             final = decode(raw, key, "session")
             _final_session(final, key)  # a record of the wrong shape: PersistenceError
-            if meta_raw is not None and _turn_after(decode(meta_raw, f"{key}:meta", "meta"), final):
-                return False  # a later turn runs (or was interrupted): not finished
+            later = meta_raw is not None and _turn_after(
+                decode(meta_raw, f"{key}:meta", "meta"), final
+            )
         except PersistenceError as error:
             raise _DamagedSession(error) from error
+        if later:  # a later turn runs, was interrupted or failed: not finished
+            return failed_before is not None and await self._sweep_failed(key, failed_before, found)
         old_enough = final.get("finished_at", now) < now - older_than
         if not old_enough and session_id not in claimed:
             return False
@@ -2855,7 +2959,26 @@ class CheckpointStore:
         own = await self._list_keys(f"{key}:")
         if session_id in claimed and await self._claimed_after(key, final, own):
             return False  # a later turn claimed the session (its meta record not yet written)
-        return old_enough and await self._sweep_one(key, raw, own)
+        return old_enough and await self._delete_ended(key, found, own)
+
+    async def _sweep_failed(
+        self, key: str, failed_before: float, found: dict[str, bytes] | None = None
+    ) -> bool:
+        """Deletes session key `key` if its latest run ended unfinished before `failed_before`.
+
+        `found`: its records (see `_anchor_keys`), read here if None. A run under way, or
+        whose process ended before it saved its end, has not ended: it is kept
+        (`runtime.resume` finishes it).
+        """
+        if found is None:
+            found = await self._batch_load(_anchor_keys(key))
+        try:
+            end = _latest_run_end(key, found) if found else None
+        except PersistenceError as error:
+            raise _DamagedSession(error) from error
+        if end is None or end[0] or end[1] >= failed_before:
+            return False
+        return await self._delete_ended(key, found, await self._list_keys(f"{key}:"))
 
     async def _drop_leftovers(self, key: str) -> None:
         """Deletes what cut-short sweeps and fork takeovers left of session key `key`.
@@ -2899,50 +3022,58 @@ class CheckpointStore:
         if raw is not None and _is_takeover(raw, key):
             await self._delete_if(key, raw)
 
-    async def _sweep_one(self, key: str, final_raw: bytes, listed: list[str]) -> bool:
-        """Deletes the finished session of key `key`, its final checkpoint `final_raw`.
+    async def _delete_ended(self, key: str, found: dict[str, bytes], listed: list[str]) -> bool:
+        """Deletes the session of key `key`, whose latest run ended, as `found` tells.
 
-        The sweep first claims the session as a run starting its next turn would
-        (`:run:<n>`, insert-if-absent, a sweep's record), so that a turn starting while it
-        deletes is refused; then it reads the session again, and deletes nothing when a run
-        claimed it first, or wrote a step, a meta record or a final checkpoint since it was
-        found finished. The final checkpoint is deleted after the other records (a sweep
-        cut short finds the session again), if it is still `final_raw`, then the claim, if
-        it is still this sweep's. The claim names the final checkpoint's digest and when it
-        was made (renewed as the sweep deletes, see `_hold_sweep`): one a sweep cut short
-        leaves is deleted by the next run from that step, or the next sweep, which then
-        deletes the session (`_drop_stranded_sweep`). Returns whether it deleted. `listed`:
-        the keys under `key:`, listed as the sweep found the session.
+        `found`: its final checkpoint, meta and end records as read (`_anchor_keys`), which
+        told that its latest run ended: a final checkpoint closes it (`sweep`), or, with
+        `delete_session`, its end record names it. `listed`: the keys under `key:`, listed
+        as the session was found.
+
+        The deletion first claims the session as a run starting its next turn would
+        (`:run:<n>`, insert-if-absent, a sweep's record), so that a turn or resume starting
+        while it deletes is refused; then it reads those records and the steps again, and
+        deletes nothing when a run claimed the session first or wrote any of them since. Its
+        anchor, the final checkpoint (or, without one, the end record), is deleted after the
+        other records (a deletion cut short finds the session again), if it is still as
+        found, then the claim, if it is still this deletion's. The claim names its anchor
+        and when it was made (renewed as the deletion goes, see `_hold_sweep`): one a
+        deletion cut short leaves is deleted by the next run from that step, or the next
+        sweep, which then deletes the session (`_drop_stranded_sweep`). Returns whether it
+        deleted.
         """
         prefix = f"{key}:"
+        anchor = key if key in found else f"{key}:ended"
+        anchor_raw = found[anchor]
         steps = await self._stored_steps(key, listed)
         claim = f"{key}:run:{steps}"
-        found = {"sweep": uuid.uuid4().hex, "final": _digest(final_raw), "at": time.time()}
-        mine = _encode("claim", found)
+        claimed = {"sweep": uuid.uuid4().hex, "at": time.time()}
+        claimed["final" if anchor == key else "ended"] = _digest(anchor_raw)
+        mine = _encode("claim", claimed)
         if not await self._save_if_absent(claim, mine) and not (
             await self._drop_stranded_sweep(key, claim) and await self._save_if_absent(claim, mine)
         ):
             return False  # a run claimed the session's next step (or a sweep): it runs
         try:
-            meta_raw = await self.backend.load(f"{key}:meta")
-            meta = decode(meta_raw, f"{key}:meta", "meta") if meta_raw is not None else None
-            final = decode(final_raw, key, "session")
-            if await self.backend.load(key) != final_raw:
-                return False  # a run went on meanwhile: not finished
+            if await self._batch_load(_anchor_keys(key)) != found:
+                return False  # a run went on meanwhile: its latest run is another
             listed = await self._list_keys(prefix)
-            if await self._stored_steps(key, listed) != steps or (
-                meta is not None and _turn_after(meta, final)
-            ):
+            if await self._stored_steps(key, listed) != steps:
                 return False  # likewise
             # The keys as listed once claimed: a run writes none under the claim. Deleted a
             # batch at a time, in one transaction guarded by the claim, where the backend can
             # (a key at a time cost an fsync each on SQLite); else a key at a time. The claim
-            # is kept from aging before each.
+            # is kept from aging before each. The meta record goes with the last batch: while
+            # any step is left, a new run under the id finds it, and is refused (without it
+            # and a final checkpoint, the id reads as fresh).
             batched = callable(getattr(self.backend, "batch_delete_if", None))
-            doomed = [k for k in listed if k != claim and _OWN_SUFFIX.match(k, len(prefix))]
+            doomed = [
+                k for k in listed if k not in (claim, anchor) and _OWN_SUFFIX.match(k, len(prefix))
+            ]
+            doomed.sort(key=lambda k: k == f"{prefix}meta")  # stable: the others keep their order
             size = _SWEEP_BATCH if batched else 1
             for start in range(0, len(doomed), size):
-                held = await self._hold_sweep(claim, found, mine)
+                held = await self._hold_sweep(claim, claimed, mine)
                 if held is None:
                     return False
                 mine = held
@@ -2950,14 +3081,14 @@ class CheckpointStore:
                     await self.backend.delete(doomed[start])
                 elif not await self._delete_guarded(claim, mine, doomed[start : start + size]):
                     return False
-            held = await self._hold_sweep(claim, found, mine)
+            held = await self._hold_sweep(claim, claimed, mine)
             if held is None:
                 return False
             mine = held
-            # Last (a sweep cut short finds it again), and not one a run wrote meanwhile.
-            return await self._delete_if(key, final_raw)
+            # Last (a deletion cut short finds it again), and not one a run wrote meanwhile.
+            return await self._delete_if(anchor, anchor_raw)
         finally:
-            # Not a run's claim made once a stranded claim of this sweep was deleted.
+            # Not a run's claim made once a stranded claim of this deletion was deleted.
             await self._drop_claim(claim, mine)
 
     async def _hold_sweep(self, claim: str, found: dict[str, Any], mine: bytes) -> bytes | None:
@@ -3120,7 +3251,7 @@ class CheckpointStore:
                 key=claim,
             )
         # No worker runs the fork until it is resumed: a turn may start from a loaded copy.
-        ended = {"run": run, "duration_ms": fork.duration_ms}
+        ended = {"run": run, "duration_ms": fork.duration_ms, "ended_at": time.time()}
         items = {meta_key: meta, f"{session_key(new_session_id)}:ended": _encode("ended", ended)}
         for n, record in enumerate(state.records[:step], 1):
             items[step_key(new_session_id, n)] = _encode("step", record.to_dict())
@@ -3295,6 +3426,46 @@ def _meta_item(
     if incomplete_fork:
         meta["incomplete_fork"] = True
     return f"{session_key(session.session_id)}:meta", _encode("meta", meta)
+
+
+def _latest_run_end(key: str, found: dict[str, bytes]) -> tuple[bool, float] | None:
+    """How the latest run of session key `key` ended, as its records `found` tell.
+
+    `found`: read with `_anchor_keys`. (True, when) if it finished, (False, when) if it
+    failed (an error, a timeout, a cancel; or it is a fork not resumed since); None if it
+    has not ended (it runs, or its process ended first).
+
+    A failed run's end record of an older version holds no time: it is taken as old (0.0).
+    Without a meta record, the session is what a sweep or deletion cut short left: ended.
+
+    Raises:
+        PersistenceError: A record is corrupt.
+    """
+    meta_key, ended_key = f"{key}:meta", f"{key}:ended"
+    meta = decode(found[meta_key], meta_key, "meta") if meta_key in found else None
+    if meta is not None and not _is_meta(meta):
+        raise PersistenceError(_META_SHAPE, key=meta_key)
+    final = decode(found[key], key, "session") if key in found else None
+    if final is not None:
+        _final_session(final, key)
+        if meta is None or not _turn_after(meta, final):
+            finished: Any = final.get("finished_at")
+            return True, float(finished) if _is_number(finished) else 0.0
+    end = decode(found[ended_key], ended_key, "ended") if ended_key in found else None
+    if meta is None:
+        return False, 0.0
+    if isinstance(end, dict) and not end.get("resumed") and end.get("run") == meta.get("run"):
+        ended: Any = end.get("ended_at")
+        return False, float(ended) if _is_number(ended) else 0.0
+    return None
+
+
+def _anchor_keys(key: str) -> list[str]:
+    """The records of session key `key` that tell whether its latest run ended.
+
+    The final checkpoint, the meta record and the end record (see `_delete_ended`).
+    """
+    return [key, f"{key}:meta", f"{key}:ended"]
 
 
 def _is_incomplete_fork(meta: Any) -> bool:

@@ -1,0 +1,396 @@
+"""`delete_session`, on every backend: a session whose latest run ended (finished, failed,
+timed out, cancelled) is deleted whole; one under way, or whose process ended before its
+run's end was saved, is refused; a turn or resume starting while it is deleted is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+import types
+
+import pytest
+
+import llm_agent_runtime as ar
+import llm_agent_runtime.persistence.checkpoints as checkpoints
+from llm_agent_runtime.persistence.checkpoints import CheckpointStore
+from llm_agent_runtime.persistence.codec import decode, encode
+
+from .test_backends import backend_fixture
+from .test_durable import FINAL, Effects, add_step, fails_after, script
+from .test_durable_concurrency import Delegating, failed_first_run, under_way
+from .test_durable_exclusive import DiesAfter, interrupted
+
+backend = backend_fixture()
+
+ONE = "Thought: t\nAction: FINAL_ANSWER one"
+TWO = "Thought: t\nAction: FINAL_ANSWER two"
+
+
+def runtime_on(backend: ar.PersistenceBackend, **config: object) -> ar.AgentRuntime:
+    return ar.AgentRuntime(
+        ar.AgentConfig(**config),  # type: ignore[arg-type]
+        tools=Effects().tools(),
+        checkpoint_backend=backend,
+    )
+
+
+async def test_a_finished_session_is_deleted_whole_and_no_other(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = runtime_on(backend)
+    done = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=done)
+    await runtime.prune("s", keep_last=1)  # a base record too
+    other = runtime.create_session("a", "s:x")  # its keys start with `session:s`
+    await runtime.run_agent("a", "Q", script(add_step(1), FINAL), session=other)
+    kept = await backend.list_keys("session:s%3Ax")
+    assert kept and await backend.list_keys("session:s:")
+
+    assert await runtime.delete_session("s") is True
+
+    assert await backend.list_keys("session:s:") == []
+    assert await backend.load("session:s") is None
+    assert await backend.list_keys("session:s%3Ax") == kept
+    assert (await ar.AgentSession.load_checkpoint(backend, "s:x")).final_answer == "finished"
+    with pytest.raises(ar.PersistenceError, match="no checkpoint saved"):
+        await ar.AgentSession.load_checkpoint(backend, "s")
+    assert await runtime.delete_session("s") is False  # nothing left
+    # The id is free: a new session runs under it.
+    again = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q", script(ONE), session=again)
+    assert (await ar.AgentSession.load_checkpoint(backend, "s")).final_answer == "one"
+
+
+async def test_a_failed_run_ends_its_session_so_it_can_be_deleted(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # No API deleted a failed run's session: a sweep takes finished ones only.
+    await interrupted(backend, "x")  # a step saved, then the model went down
+    runtime = runtime_on(backend)
+    assert await runtime.sweep(older_than=-1.0) == []
+    assert await runtime.delete_session("x") is True
+    assert await backend.list_keys("session:x") == []
+    with pytest.raises(ar.PersistenceError, match="no checkpoint saved"):
+        await runtime.resume("x", script(FINAL))
+
+
+async def test_a_run_failed_before_its_first_step_is_deleted(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = await failed_first_run(backend, "x")
+    assert await backend.list_keys("session:x")
+    assert await runtime.delete_session("x") is True
+    assert await backend.list_keys("session:x") == []
+
+
+async def test_a_failed_turn_after_a_finished_one_is_deleted(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_turn(session, "Q1", script(ONE))
+    with pytest.raises(ConnectionError):
+        await runtime.run_turn(session, "Q2", fails_after(add_step(1)))
+    assert await runtime.sweep(older_than=-1.0) == []  # its latest turn did not finish
+    assert await runtime.delete_session("s") is True
+    assert await backend.list_keys("session:s") == []
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+async def test_a_timed_out_or_cancelled_run_is_deleted(
+    backend: ar.PersistenceBackend, how: str
+) -> None:
+    runtime = runtime_on(backend, loop_timeout_ms=50 if how == "timeout" else None)
+    reached = asyncio.Event()
+
+    async def stuck(prompt: str) -> str:
+        if reached.is_set():
+            await asyncio.sleep(3600)
+        reached.set()
+        return add_step(1)
+
+    session = runtime.create_session("a", "s")
+    running = asyncio.ensure_future(runtime.run_agent("a", "Q", stuck, session=session))
+    if how == "cancel":
+        await asyncio.wait_for(reached.wait(), 10)
+        await asyncio.sleep(0.05)  # into the second model call
+        running.cancel()
+    with pytest.raises((asyncio.CancelledError, ar.AgentLoopError)):
+        await running
+    assert await runtime.delete_session("s") is True
+    assert await backend.list_keys("session:s") == []
+
+
+async def test_a_run_under_way_is_not_deleted(backend: ar.PersistenceBackend) -> None:
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    async with under_way(lambda model: runtime.run_agent("a", "Q", model, session=session)) as done:
+        before = await backend.list_keys("session:s")
+        with pytest.raises(ar.PersistenceError, match="its latest run has not ended"):
+            await runtime.delete_session("s")
+        assert await backend.list_keys("session:s") == before
+    assert done[0].final_answer == "finished"
+    assert await runtime.delete_session("s") is True
+
+
+async def test_a_run_whose_process_ended_is_not_deleted_until_resumed(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Its process died after a step: no end was saved, and `resume` finishes it.
+    store = CheckpointStore(backend)
+    session = ar.AgentSession(session_id="s", agent_id="a", prompt="Q")
+    await store.save_meta(session, "react")
+    await store.save_steps(
+        "s", 1, [checkpoints.StepRecord(ar.Step(thought="t", action="add", observation="2"))]
+    )
+    runtime = runtime_on(backend)
+    with pytest.raises(ar.PersistenceError, match=r"runtime\.resume finishes it"):
+        await runtime.delete_session("s")
+    assert (await runtime.resume("s", script(FINAL))).final_answer == "finished"
+    assert await runtime.delete_session("s") is True
+
+
+class PausedBatch(Delegating):
+    """The backend, but its `at`-th batch deletion waits until `go` is set."""
+
+    def __init__(self, inner: ar.PersistenceBackend, at: int = 1) -> None:
+        super().__init__(inner)
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+        self.at, self.batches = at, 0
+
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: list[str]) -> bool:
+        self.batches += 1
+        if self.batches == self.at:
+            self.reached.set()
+            await asyncio.wait_for(self.go.wait(), 10)
+        return bool(await self.inner.batch_delete_if(guard_key, guard_value, keys))
+
+
+@pytest.mark.parametrize("finished", [True, False])
+async def test_a_turn_or_resume_starting_while_a_session_is_deleted_is_refused(
+    backend: ar.PersistenceBackend, finished: bool
+) -> None:
+    # A failed session has no final checkpoint: the deletion's claim was taken for one a
+    # sweep cut short left (its anchor gone), deleted, and the turn ran over what the
+    # deletion went on deleting.
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    if finished:
+        await runtime.run_turn(session, "Q1", script(add_step(1), ONE))
+    else:
+        with pytest.raises(ConnectionError):
+            await runtime.run_turn(session, "Q1", fails_after(add_step(1)))
+    paused = PausedBatch(backend)
+    deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("s"))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    other = runtime_on(backend)
+    with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep or delete_sess"):
+        await other.run_turn(copy.deepcopy(session), "Q2", script(TWO))
+    if not finished:
+        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+            await other.resume("s", script(FINAL))
+    paused.go.set()
+    assert await deleting is True
+    assert await backend.list_keys("session:s") == []
+    # Once deleted, a turn of the copy in memory saves the session anew, whole.
+    assert await other.run_turn(copy.deepcopy(session), "Q2", script(TWO)) == "two"
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s")
+    assert loaded.messages[-1]["content"] == "two"
+
+
+async def test_a_deletion_cut_short_is_finished_by_the_next_one(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await interrupted(backend, "x")
+    # Its process died once it had claimed the session.
+    with pytest.raises(ar.PersistenceError, match="died"):
+        await CheckpointStore(DiesAfter(backend, 1)).delete_session("x")
+    assert await backend.list_keys("session:x:run:")
+    runtime = runtime_on(backend)
+    # Its claim is young: the deletion may be going on.
+    with pytest.raises(ar.PersistenceError, match="a run, resume or sweep took it"):
+        await runtime.delete_session("x")
+    # Once its claim is old, the next deletion takes it over.
+    later = time.time() + 3600
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    assert await runtime.delete_session("x") is True
+    assert await backend.list_keys("session:x") == []
+
+
+async def test_an_incomplete_fork_is_deleted_once_old(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await interrupted(backend, "src")
+    with pytest.raises(ar.PersistenceError, match="died"):
+        await CheckpointStore(DiesAfter(backend, 2)).fork("src", 1, "f")  # marker and claim
+    runtime = runtime_on(backend)
+    with pytest.raises(ar.PersistenceError, match="a fork is being copied into it"):
+        await runtime.delete_session("f")
+    later = time.time() + 3600
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    assert await runtime.delete_session("f") is True
+    assert await backend.list_keys("session:f") == []
+    assert await backend.list_keys("session:src")  # the source is kept
+
+
+async def test_remembered_approvals_go_with_the_session_and_bad_calls() -> None:
+    backend = ar.InMemoryBackend()
+    asked: list[str] = []
+
+    async def approve(
+        session: ar.AgentSession, tool: str, arguments: object
+    ) -> ar.ApprovalDecision:
+        asked.append(tool)
+        return ar.ApprovalDecision("approve", remember=True)
+
+    runtime = ar.AgentRuntime(
+        tools=Effects().tools(), checkpoint_backend=backend, approval_handler=approve
+    )
+    session = runtime.create_session("a", "s")
+    await runtime.run_turn(session, "Q1", script(add_step(1), ONE))
+    await runtime.run_turn(session, "Q2", script(add_step(2), ONE))
+    assert asked == ["add"]  # remembered for the session
+    assert await runtime.delete_session("s") is True
+    session = runtime.create_session("a", "s")
+    await runtime.run_turn(session, "Q1", script(add_step(1), ONE))
+    assert asked == ["add", "add"]  # forgotten with it
+
+    with pytest.raises(TypeError, match="session_id must be a str"):
+        await runtime.delete_session(session)  # type: ignore[arg-type]
+    with pytest.raises(ar.AgentRuntimeError, match="delete_session needs a checkpoint_backend"):
+        await ar.AgentRuntime().delete_session("s")
+
+
+async def test_sweep_with_failed_deletes_old_unfinished_sessions_too(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = runtime_on(backend)
+    await interrupted(backend, "failed")
+    turns = runtime.create_session("a", "turns")
+    await runtime.run_turn(turns, "Q1", script(ONE))
+    with pytest.raises(ConnectionError):
+        await runtime.run_turn(turns, "Q2", fails_after(add_step(1)))
+    done = runtime.create_session("a", "done")
+    await runtime.run_agent("a", "Q", script(add_step(1), FINAL), session=done)
+    fork = await runtime.fork("done", 1)  # not resumed: ended as a failed run is
+    # A run whose process ended before it saved its end: `resume` finishes it.
+    store = CheckpointStore(backend)
+    await store.save_meta(ar.AgentSession(session_id="died", agent_id="a", prompt="Q"), "react")
+    store = CheckpointStore(backend)
+    async with under_way(
+        lambda model: runtime.run_agent("a", "Q", model, session=runtime.create_session("a", "on"))
+    ):
+        now = time.time()
+        assert await store.sweep(3600.0, now=now, failed=True) == []  # none old enough
+        assert await store.sweep(3600.0, now=now + 3601) == ["done"]  # finished ones only
+        swept = await store.sweep(3600.0, now=now + 3601, failed=True)
+        assert sorted(swept) == sorted(["failed", "turns", fork])
+        for gone in ("failed", "turns", "done", fork):
+            assert await backend.list_keys(f"session:{gone}") == []
+        assert await backend.list_keys("session:died:")
+        assert await backend.list_keys("session:on:")
+    with pytest.raises(ar.PersistenceError, match="failed must be True or False"):
+        await runtime.sweep(0.0, failed="yes")  # type: ignore[arg-type]
+
+
+async def test_an_end_record_without_a_time_is_swept_as_old(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Older versions wrote a failed run's end without the time it ended.
+    await interrupted(backend, "x")
+    raw = await backend.load("session:x:ended")
+    assert raw is not None
+    record = decode(raw, "session:x:ended", "ended")
+    assert record["ended_at"] <= time.time()
+    del record["ended_at"]
+    await backend.save("session:x:ended", encode("ended", record))
+    assert await CheckpointStore(backend).sweep(3600.0, failed=True) == ["x"]
+
+
+class DiesAtDelete(Delegating):
+    """The backend of a process that dies as it deletes `key`."""
+
+    def __init__(self, inner: ar.PersistenceBackend, key: str) -> None:
+        super().__init__(inner)
+        self.key = key
+
+    async def delete(self, key: str) -> bool:
+        if key == self.key:
+            raise RuntimeError("the process died")
+        return bool(await self.inner.delete(key))
+
+
+async def test_what_a_failed_sessions_deletion_cut_short_left_is_swept_with_failed(
+    backend: ar.PersistenceBackend,
+) -> None:
+    await interrupted(backend, "x")
+    with pytest.raises(ar.PersistenceError, match="died"):
+        await CheckpointStore(DiesAtDelete(backend, "session:x:ended")).delete_session("x")
+    assert await backend.list_keys("session:x") == ["session:x:ended"]  # its anchor, last
+    store = CheckpointStore(backend)
+    assert await store.sweep(0.0) == []  # not a finished session's
+    assert await store.sweep(0.0, failed=True) == ["x"]
+    assert await backend.list_keys("session:x") == []
+
+
+async def test_a_new_session_under_the_id_waits_for_a_long_deletion_to_end(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The meta record went with the first batch: a failed session's id read as fresh while
+    # steps were left, and a new session ran over them (the deletion then deleted its steps).
+    store = CheckpointStore(backend)
+    session = ar.AgentSession(session_id="s", agent_id="a", prompt="Q")
+    run = await store.save_meta(session, "react")
+    steps = checkpoints._SWEEP_BATCH + 20
+    records = [
+        checkpoints.StepRecord(ar.Step(thought="t", action="add", observation=str(n)))
+        for n in range(steps)
+    ]
+    await store.save_steps("s", 1, records)
+    await store.save_run_end(session, run)
+    paused = PausedBatch(backend, at=2)
+    deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("s"))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    runtime = runtime_on(backend)
+    with pytest.raises(ar.PersistenceError, match="already has checkpoints"):
+        await runtime.run_agent("a", "Q", script(ONE), session=runtime.create_session("a", "s"))
+    paused.go.set()
+    assert await deleting is True
+    assert await backend.list_keys("session:s") == []
+    fresh = await runtime.run_agent("a", "Q", script(ONE), session=runtime.create_session("a", "s"))
+    assert (await ar.AgentSession.load_checkpoint(backend, "s")) == fresh
+
+
+async def test_a_prune_as_the_session_is_deleted_leaves_no_base_behind(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The prune's base landed after the deletion listed the keys: it was left, and a new
+    # session under the id loaded its steps as its own, every later turn refused.
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    paused = PausedBatch(backend)
+    deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("s"))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    with pytest.raises(ar.PersistenceError, match=r"deleted \(swept\) as it was pruned"):
+        await runtime.prune("s", keep_last=1)
+    paused.go.set()
+    assert await deleting is True
+    assert await backend.list_keys("session:s") == []
+
+
+async def test_a_damaged_meta_record_is_one_session_left_by_sweep_with_failed(
+    backend: ar.PersistenceBackend,
+) -> None:
+    for session_id in ("a", "bad", "z"):
+        await interrupted(backend, session_id)
+    await backend.save("session:bad:meta", encode("meta", ["not", "a", "meta", "record"]))
+    store = CheckpointStore(backend)
+    with pytest.raises(ar.PersistenceError, match=r"sweep deleted 2 session\(s\) and left 1"):
+        await store.sweep(0.0, failed=True)
+    assert await backend.list_keys("session:a") == []
+    assert await backend.list_keys("session:z") == []
+    with pytest.raises(ar.PersistenceError, match="meta record needs") as info:
+        await store.delete_session("bad")
+    assert info.value.key == "session:bad:meta"
