@@ -20,6 +20,7 @@ from .test_backends import backend_fixture
 from .test_durable import FINAL, Effects, add_step, fails_after, script
 from .test_durable_concurrency import Delegating, failed_first_run, under_way
 from .test_durable_exclusive import DiesAfter, interrupted
+from .test_sweep_fork_edges import DiesAtDelete, PausedDelete
 
 backend = backend_fixture()
 
@@ -308,19 +309,6 @@ async def test_an_end_record_without_a_time_is_swept_as_old(
     assert await CheckpointStore(backend).sweep(3600.0, failed=True) == ["x"]
 
 
-class DiesAtDelete(Delegating):
-    """The backend of a process that dies as it deletes `key`."""
-
-    def __init__(self, inner: ar.PersistenceBackend, key: str) -> None:
-        super().__init__(inner)
-        self.key = key
-
-    async def delete(self, key: str) -> bool:
-        if key == self.key:
-            raise RuntimeError("the process died")
-        return bool(await self.inner.delete(key))
-
-
 async def test_what_a_failed_sessions_deletion_cut_short_left_is_swept_with_failed(
     backend: ar.PersistenceBackend,
 ) -> None:
@@ -373,7 +361,9 @@ async def test_a_prune_as_the_session_is_deleted_leaves_no_base_behind(
     paused = PausedBatch(backend)
     deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("s"))
     await asyncio.wait_for(paused.reached.wait(), 10)
-    with pytest.raises(ar.PersistenceError, match=r"deleted \(swept\) as it was pruned"):
+    with pytest.raises(
+        ar.PersistenceError, match=r"is being deleted \(a sweep or delete_session\): not pruned"
+    ):
         await runtime.prune("s", keep_last=1)
     paused.go.set()
     assert await deleting is True
@@ -394,3 +384,83 @@ async def test_a_damaged_meta_record_is_one_session_left_by_sweep_with_failed(
     with pytest.raises(ar.PersistenceError, match="meta record needs") as info:
         await store.delete_session("bad")
     assert info.value.key == "session:bad:meta"
+
+
+class PausedBaseWrite(Delegating):
+    """The backend, but the first guarded write of a base record waits until `go` is set:
+    a prune's write in flight (a slow link, a paused process)."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
+    ) -> bool:
+        if any(":base:" in key for key in items) and not self.reached.is_set():
+            self.reached.set()
+            await asyncio.wait_for(self.go.wait(), 10)
+        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
+
+
+async def test_a_prune_in_flight_never_lands_in_a_new_session_under_the_id(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The old session's base landed once a new session ran under the id: the new session
+    # then loaded the old steps as its own, and the prune deleted its deltas.
+    runtime = runtime_on(backend)
+    old = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=old)
+    paused = PausedBaseWrite(backend)
+    pruning = asyncio.ensure_future(CheckpointStore(paused).prune("s", keep_last=1))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    assert await runtime.delete_session("s") is True
+    steps = (add_step(7), add_step(8), add_step(9), FINAL)
+    new = await runtime.run_agent(
+        "a", "Q", script(*steps), session=runtime.create_session("a", "s")
+    )
+    paused.go.set()
+    assert await pruning == 3  # started over, on the new session
+    loaded = await ar.AgentSession.load_checkpoint(backend, "s")
+    assert loaded == new
+    assert [s.observation for s in loaded.steps[:3]] == ["8", "9", "10"]
+
+
+async def test_a_prune_that_loaded_before_the_last_turn_does_not_outlive_a_deletion(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Its base landed once the deletion had listed the keys: the deletion's claim was on
+    # the step after the last turn, not the one the prune checked, and the base was left.
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_turn(session, "Q1", script(add_step(1), ONE))
+    paused = PausedBaseWrite(backend)
+    pruning = asyncio.ensure_future(CheckpointStore(paused).prune("s", keep_last=0))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    await runtime.run_turn(session, "Q2", script(add_step(2), TWO))
+    deleting_paused = PausedBatch(backend)
+    deleting = asyncio.ensure_future(CheckpointStore(deleting_paused).delete_session("s"))
+    await asyncio.wait_for(deleting_paused.reached.wait(), 10)  # claimed, marked, listed
+    paused.go.set()
+    with pytest.raises(ar.PersistenceError, match="is being deleted"):
+        await pruning
+    deleting_paused.go.set()
+    assert await deleting is True
+    assert await backend.list_keys("session:s") == []
+
+
+async def test_a_run_refused_while_its_id_is_deleted_leaves_no_meta_record(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A session whose run failed before its first step: once the deletion had deleted its
+    # meta record, a new run under the id wrote its own, was refused, and left it; then
+    # `delete_session` refused the id for good and `resume` ran the refused run.
+    runtime = await failed_first_run(backend, "s")
+    paused = PausedDelete(backend, "session:s:ended")
+    deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("s"))
+    await asyncio.wait_for(paused.reached.wait(), 10)  # all but its anchor and claim gone
+    with pytest.raises(ar.PersistenceError, match="is being deleted"):
+        await runtime.run_agent("a", "Q1", script(ONE), session=runtime.create_session("a", "s"))
+    paused.go.set()
+    assert await deleting is True
+    assert await backend.list_keys("session:s") == []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import pytest
@@ -47,11 +47,20 @@ class LateBaseWrite(Delegating):
         super().__init__(inner)
         self.go, self.reached = asyncio.Event(), asyncio.Event()
 
-    async def save(self, key: str, value: bytes) -> None:
-        if ":base" in key and not self.go.is_set():
+    async def _late(self, keys: Iterable[str]) -> None:
+        if any(":base" in key for key in keys) and not self.go.is_set():
             self.reached.set()
             await self.go.wait()
+
+    async def save(self, key: str, value: bytes) -> None:
+        await self._late([key])
         await self.inner.save(key, value)
+
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
+    ) -> bool:
+        await self._late(items)
+        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
 
 
 # ---------------------------------------------------------------------- overlapping prunes
@@ -1074,8 +1083,8 @@ async def test_a_corrupt_final_checkpoint_read_at_a_turn_start_is_a_persistence_
 
 class SweepAtWrite(Delegating):
     """The backend, but the first `method` write of a key under `session:chat:<part>` (by
-    default a run's claim; a prune's base record: `save` of `base:`) first lets `sweep` run
-    whole."""
+    default a run's claim; a prune's base record: `batch_save_if` of `base:`) first lets
+    `sweep` run whole."""
 
     def __init__(
         self, inner: ar.PersistenceBackend, method: str = "save_new", part: str = "run:"
@@ -1096,6 +1105,13 @@ class SweepAtWrite(Delegating):
     async def save(self, key: str, value: bytes) -> None:
         await self._sweep_at("save", key)
         await self.inner.save(key, value)
+
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
+    ) -> bool:
+        for key in items:
+            await self._sweep_at("batch_save_if", key)
+        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
 
 
 async def test_a_turn_whose_session_a_sweep_deleted_before_its_claim_is_refused(
@@ -1224,11 +1240,14 @@ async def test_a_base_record_a_prune_wrote_as_its_session_was_swept_is_not_left(
     runtime = ar.AgentRuntime(tools=Effects().tools(), checkpoint_backend=backend)
     session = runtime.create_session("a", "chat")
     await runtime.run_turn(session, "Q1", script(add_step(1), FINAL))
-    held = SweepAtWrite(backend, "save", "base:")
+    held = SweepAtWrite(backend, "batch_save_if", "base:")
     held.sweep = lambda: runtime.sweep(-1)
     pruning: Any = ar.AgentRuntime(checkpoint_backend=held)
-    with pytest.raises(ar.PersistenceError, match="swept"):
+    # Its base is written only while the meta record it read is there: the prune starts
+    # over, and finds nothing.
+    with pytest.raises(ar.PersistenceError, match="no checkpoint saved"):
         await pruning.prune("chat", 0)
+    assert held.sweep is None  # the sweep ran
     assert await backend.list_keys("session:chat") == []
     # One written past that check (the sweep's deletes landing after it) goes at the next sweep.
     await backend.save("session:chat:base:2", b"left")

@@ -8,7 +8,7 @@ is a key of another):
 
 - `session:<id>:meta`: who runs what (agent, prompt, mode, start time, the run's id, whether
   it is a turn of a multi-turn session, how many steps the session had before it, and the
-  chat history it started with);
+  chat history it started with; `deleting` once a sweep or `delete_session` deletes it);
 - `session:<id>:run:<n>`: the claim of the run that started the session from step n, written
   insert-if-absent before its meta record, and holding it: of runs starting from one step at
   once, in any process, one runs (the claim is deleted when its run ends before its first
@@ -849,6 +849,10 @@ _BACKEND_METHODS = ("save", "load", "delete", "batch_save", "batch_load", "list_
 # The optional conditional writes of a `FencedPersistenceBackend`, used where a backend has them.
 _CONDITIONAL_WRITES = ("save_new", "batch_save_if", "batch_delete_if")
 
+_PRUNE_ATTEMPTS = 3
+"""How many times `prune` starts over when the session's meta record changed as it pruned."""
+_PRUNED_AS_DELETED = "the session is being deleted (a sweep or delete_session): not pruned"
+
 _SWEEP_BATCH = 500
 """Keys a sweep (or `delete_session`) deletes in one batch, its claim renewed before each (see
 `_delete_ended`)."""
@@ -1228,6 +1232,10 @@ class CheckpointStore:
         if not claimed and await self._drop_stranded_sweep(key, claim):
             claimed = await self._claim(session.session_id, session.step_count, run, meta)
         if not claimed:
+            if fresh and callable(save_new):
+                # Its meta record, written above, would be left for a run that never ran
+                # (which `resume` would then run).
+                await self._delete_if(meta_key, meta)
             if await self._swept(claim):
                 self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
             self._refuse(session.session_id, _UNDER_WAY, _RUN_UNDER_WAY_ADVICE)
@@ -2707,27 +2715,46 @@ class CheckpointStore:
 
         Raises:
             PersistenceError: When `keep_last` is not an int >= 0, the session cannot be
-                loaded, or a sweep deleted it as it was pruned (its base record is deleted).
+                loaded, a sweep or `delete_session` deletes it (nothing is written), or its
+                meta record changed each of `_PRUNE_ATTEMPTS` times it was pruned (turns
+                began meanwhile).
         """
         if not _is_count(keep_last):
             raise PersistenceError(f"keep_last must be an int >= 0, got {keep_last!r}")
-        state = await self.load(session_id)
-        cut = len(state.records) - keep_last
         key = session_key(session_id)
-        already = await self._longest_base(key)  # read again right before writing
-        if cut <= already:
-            return 0
-        folded = {"records": [r.to_dict() for r in state.records[:cut]]}
-        base = _encode("base", folded)
-        await self.backend.save(f"{key}:base:{cut}", base)
-        # Swept or deleted meanwhile: none is left; or a deletion has claimed the session (at
-        # the step after its last, see `_delete_ended`) and may have listed its keys before
-        # this base landed, to leave it behind, read by a new session under the id.
-        if not await self._batch_load([key, f"{key}:meta"]) or await self._swept(
-            f"{key}:run:{len(state.records)}"
-        ):
-            await self._delete_if(f"{key}:base:{cut}", base)
-            raise PersistenceError("the session was deleted (swept) as it was pruned", key=key)
+        meta_key = f"{key}:meta"
+        for _ in range(_PRUNE_ATTEMPTS):
+            # The base is written only while the meta record is the one read before the
+            # load: a base written for a session a sweep or `delete_session` then deletes,
+            # landing after it listed the keys, would be left, and read by a new session
+            # under the id. A deletion marks the meta record before it lists (see
+            # `_delete_ended`); a turn that begins rewrites it too: then the prune starts over.
+            meta_raw = await self.backend.load(meta_key)
+            if meta_raw is not None and _being_deleted(decode(meta_raw, meta_key, "meta")):
+                raise PersistenceError(_PRUNED_AS_DELETED, key=key)
+            state = await self.load(session_id)
+            cut = len(state.records) - keep_last
+            already = await self._longest_base(key)  # read again right before writing
+            if cut <= already:
+                return 0
+            folded = {"records": [r.to_dict() for r in state.records[:cut]]}
+            base = _encode("base", folded)
+            if meta_raw is not None:
+                if await self._save_guarded(meta_key, meta_raw, {f"{key}:base:{cut}": base}):
+                    break
+                continue
+            # A session of an older version, without a meta record: written, then checked.
+            await self.backend.save(f"{key}:base:{cut}", base)
+            if not await self._batch_load([key, meta_key]):  # swept meanwhile: none is left
+                await self._delete_if(f"{key}:base:{cut}", base)
+                raise PersistenceError(_PRUNED_AS_DELETED, key=key)
+            break
+        else:
+            raise PersistenceError(
+                f"session {session_id!r} changed each time it was pruned (turns began, or it "
+                "was deleted and started anew): prune it again",
+                key=key,
+            )
         # What that base holds: the deltas and the journal entries of steps 1 to `cut`.
         steps, calls = f"{key}:step:", f"{key}:call:"
         doomed = [k for n, k in _numbered(await self._list_keys(steps), steps) if n <= cut]
@@ -3057,6 +3084,14 @@ class CheckpointStore:
         try:
             if await self._batch_load(_anchor_keys(key)) != found:
                 return False  # a run went on meanwhile: its latest run is another
+            # Marked before the keys are listed: a prune writes its base only while the meta
+            # record is the one it read (see `prune`), so any base a prune writes lands
+            # before the listing, and is deleted.
+            meta_key = f"{prefix}meta"
+            if meta_key in found:
+                marked = {**decode(found[meta_key], meta_key, "meta"), "deleting": True}
+                if not await self._save_guarded(claim, mine, {meta_key: _encode("meta", marked)}):
+                    return False
             listed = await self._list_keys(prefix)
             if await self._stored_steps(key, listed) != steps:
                 return False  # likewise
@@ -3458,6 +3493,11 @@ def _latest_run_end(key: str, found: dict[str, bytes]) -> tuple[bool, float] | N
         ended: Any = end.get("ended_at")
         return False, float(ended) if _is_number(ended) else 0.0
     return None
+
+
+def _being_deleted(meta: Any) -> bool:
+    """Whether a decoded meta record is marked by a sweep or `delete_session` deleting it."""
+    return isinstance(meta, dict) and meta.get("deleting") is True
 
 
 def _anchor_keys(key: str) -> list[str]:
