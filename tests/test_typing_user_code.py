@@ -35,6 +35,9 @@ import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping, Sequence
 from typing import Any
 
+import httpx
+import numpy as np
+from pydantic import SecretStr
 from typing_extensions import assert_type
 
 import llm_agent_runtime as ar
@@ -229,6 +232,13 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         ar.persistence.SqliteBackend(Where(f"{folder}/a.db")).close()
         ar.FileBackend(Where(f"{folder}/files"))
+    index = ar.VectorIndex(2)
+    index.add(range(2), np.eye(2, dtype=np.float32))  # ids: ints, or an int array
+    index.remove(np.array([0]))
+    index.remove((1,))
+    # A key kept as a pydantic secret, a URL object (the settings of many applications).
+    keyed = ar.OpenAIProvider(api_key=SecretStr("k"), base_url=httpx.URL("http://127.0.0.1:9"))
+    await keyed.aclose()
 
 
 async def closes_the_provider_chosen() -> None:
@@ -299,6 +309,8 @@ async def wrong() -> None:
     await Deduplicator(0).run("k", parse, 1)  # E: call-overload
     key: Hashable = ar.parse_react_step("Action: FINAL_ANSWER 1")  # E: assignment
     ar.VectorIndex(4, dtype="f32")  # E: arg-type
+    ar.VectorIndex(4).remove(5)  # E: arg-type
+    ar.OpenAIProvider(api_key=b"key")  # E: arg-type
     ar.SemanticStore(dtype="int4")  # E: arg-type
     ar.GraphStore().degree_centrality("inbound")  # E: arg-type
 

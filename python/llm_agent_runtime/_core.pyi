@@ -621,7 +621,9 @@ class VectorIndex:
             PersistenceError: float32 copies kept in a file cannot be read (in a forked
                 child, never: see the class docs), or were changed from outside the index.
         """
-    def add(self, ids: npt.ArrayLike, vectors: npt.NDArray[np.float32]) -> None:
+    def add(
+        self, ids: Sequence[int] | npt.NDArray[np.integer[Any]], vectors: npt.NDArray[np.float32]
+    ) -> None:
         """Adds or replaces vectors (all or nothing); ids go from 0 to 2**63 - 1 (not bools).
 
         Raises:
@@ -633,7 +635,7 @@ class VectorIndex:
                 from outside the index, are marked broken by an earlier failure, or belong to
                 the parent of this forked process (see the class docs; nothing changes).
         """
-    def remove(self, ids: npt.ArrayLike) -> None:
+    def remove(self, ids: Sequence[int] | npt.NDArray[np.integer[Any]]) -> None:
         """Removes vectors by id (all or nothing), with the GIL released.
 
         Raises:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from llm_agent_runtime.orchestration.retry import RetryPolicy
-    from llm_agent_runtime.providers._http import Redactor
+    from llm_agent_runtime.providers._http import Redactor, SecretText, UrlObject
 
 __all__ = ["Embedder", "HashingEmbedder", "OpenAIEmbedder", "SentenceTransformerEmbedder"]
 
@@ -264,8 +264,8 @@ class OpenAIEmbedder:
 
     def __init__(
         self,
-        api_key: str | None = None,
-        base_url: str | None = None,
+        api_key: str | SecretText | None = None,
+        base_url: str | UrlObject | None = None,
         model: str = "text-embedding-3-small",
         *,
         dimensions: int | None = None,

@@ -37,7 +37,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Self, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol, Self, TypeVar, cast, get_args
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -687,6 +687,28 @@ def env_setting(name: str) -> str | None:
     """
     value = os.environ.get(name)
     return value if value and not value.isspace() else None
+
+
+class SecretText(Protocol):
+    """A secret holding text, such as pydantic's `SecretStr`: taken as an API key."""
+
+    def get_secret_value(self) -> str:
+        """The secret's text."""
+        ...
+
+
+class UrlObject(Protocol):
+    """A URL object, such as `httpx.URL` or pydantic's `HttpUrl`: taken as its text."""
+
+    @property
+    def scheme(self) -> str:
+        """The URL's scheme."""
+        ...
+
+    @property
+    def host(self) -> str | None:
+        """The URL's host."""
+        ...
 
 
 def text_setting(setting: str, value: object, *, url: bool = False) -> str | None:

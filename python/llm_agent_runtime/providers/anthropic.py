@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from llm_agent_runtime._core import RuntimeMetrics
     from llm_agent_runtime.orchestration.budget import CostBudget
     from llm_agent_runtime.orchestration.retry import RetryPolicy
+    from llm_agent_runtime.providers._http import SecretText, UrlObject
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -339,8 +340,8 @@ class AnthropicProvider(HttpProvider):
 
     def __init__(
         self,
-        api_key: str | None = None,
-        base_url: str | None = None,
+        api_key: str | SecretText | None = None,
+        base_url: str | UrlObject | None = None,
         model: str | None = None,
         max_tokens: int | None = None,
         *,

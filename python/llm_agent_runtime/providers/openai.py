@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from llm_agent_runtime._core import RuntimeMetrics
     from llm_agent_runtime.orchestration.budget import CostBudget
     from llm_agent_runtime.orchestration.retry import RetryPolicy
+    from llm_agent_runtime.providers._http import SecretText, UrlObject
 
 __all__ = [
     "DEFAULT_OPENAI_BASE_URL",
@@ -97,7 +98,9 @@ _BUSY = frozenset(("server_error", "rate_limit_exceeded", "overloaded_error"))
 """Error types and codes that say the server is busy or rate-limited: worth another attempt."""
 
 
-def openai_endpoint(name: str, api_key: str | None, base_url: str | None) -> tuple[str | None, str]:
+def openai_endpoint(
+    name: str, api_key: str | SecretText | None, base_url: str | UrlObject | None
+) -> tuple[str | None, str]:
     """The API key and base URL a client of an OpenAI-compatible API uses.
 
     The one place both are resolved, for `OpenAIProvider` and `OpenAIEmbedder` alike: the
@@ -395,8 +398,8 @@ class OpenAIProvider(HttpProvider):
 
     def __init__(
         self,
-        api_key: str | None = None,
-        base_url: str | None = None,
+        api_key: str | SecretText | None = None,
+        base_url: str | UrlObject | None = None,
         model: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
