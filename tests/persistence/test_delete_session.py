@@ -28,7 +28,7 @@ ONE = "Thought: t\nAction: FINAL_ANSWER one"
 TWO = "Thought: t\nAction: FINAL_ANSWER two"
 
 
-def runtime_on(backend: ar.PersistenceBackend, **config: object) -> ar.AgentRuntime:
+def runtime_on(backend: ar.PersistenceBackend | None, **config: object) -> ar.AgentRuntime:
     return ar.AgentRuntime(
         ar.AgentConfig(**config),  # type: ignore[arg-type]
         tools=Effects().tools(),
@@ -189,7 +189,7 @@ async def test_a_turn_or_resume_starting_while_a_session_is_deleted_is_refused(
     with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep or delete_sess"):
         await other.run_turn(copy.deepcopy(session), "Q2", script(TWO))
     if not finished:
-        with pytest.raises(ar.PersistenceError, match="is being run by another run"):
+        with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep or delete_sess"):
             await other.resume("s", script(FINAL))
     paused.go.set()
     assert await deleting is True
@@ -370,15 +370,26 @@ async def test_a_prune_as_the_session_is_deleted_leaves_no_base_behind(
     assert await backend.list_keys("session:s") == []
 
 
-async def test_a_damaged_meta_record_is_one_session_left_by_sweep_with_failed(
-    backend: ar.PersistenceBackend,
+@pytest.mark.parametrize("finished", [True, False])
+async def test_a_damaged_meta_record_stops_no_sweep(
+    backend: ar.PersistenceBackend, finished: bool
 ) -> None:
+    # A finished session's made the whole sweep fail at the deletion's mark, and a failed
+    # one's at the check of its end: the sessions after it stayed.
     for session_id in ("a", "bad", "z"):
-        await interrupted(backend, session_id)
+        if finished:
+            await runtime_on(backend).run_agent(
+                "a", "Q", script(ONE), session=ar.AgentRuntime().create_session("a", session_id)
+            )
+        else:
+            await interrupted(backend, session_id)
     await backend.save("session:bad:meta", encode("meta", ["not", "a", "meta", "record"]))
     store = CheckpointStore(backend)
+    if finished:  # its final checkpoint is whole: it is deleted, as before the mark
+        assert sorted(await store.sweep(0.0, now=time.time() + 1)) == ["a", "bad", "z"]
+        return
     with pytest.raises(ar.PersistenceError, match=r"sweep deleted 2 session\(s\) and left 1"):
-        await store.sweep(0.0, failed=True)
+        await store.sweep(0.0, now=time.time() + 1, failed=True)
     assert await backend.list_keys("session:a") == []
     assert await backend.list_keys("session:z") == []
     with pytest.raises(ar.PersistenceError, match="meta record needs") as info:
@@ -464,3 +475,128 @@ async def test_a_run_refused_while_its_id_is_deleted_leaves_no_meta_record(
     paused.go.set()
     assert await deleting is True
     assert await backend.list_keys("session:s") == []
+
+
+class WithoutConditionalWrites(Delegating):
+    """The backend without `batch_save_if` (a backend written before it): its base record's
+    first `save` waits until `go` is set."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        if name == "batch_save_if":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def save(self, key: str, value: bytes) -> None:
+        if ":base:" in key and not self.reached.is_set():
+            self.reached.set()
+            await asyncio.wait_for(self.go.wait(), 10)
+        await self.inner.save(key, value)
+
+
+async def test_a_prune_without_conditional_writes_takes_a_late_base_back(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    slow = WithoutConditionalWrites(backend)
+    pruning = asyncio.ensure_future(CheckpointStore(slow).prune("s", keep_last=0))
+    await asyncio.wait_for(slow.reached.wait(), 10)
+    assert await runtime.delete_session("s") is True
+    slow.go.set()
+    with pytest.raises(ar.PersistenceError, match="no checkpoint saved"):
+        await pruning
+    assert await backend.list_keys("session:s") == []
+
+
+class PausedMark(Delegating):
+    """The backend, but a deletion's write of its mark on the meta record waits for `go`."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
+    ) -> bool:
+        if any(key.endswith(":meta") and b'"deleting"' in value for key, value in items.items()):
+            self.reached.set()
+            await asyncio.wait_for(self.go.wait(), 10)
+        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
+
+
+async def test_a_deletion_never_marks_a_later_runs_meta_record(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # The mark, the meta record found with `deleting` added, landed over the record of a
+    # turn run meanwhile from a copy saved anew (under a claim of its own): the session read
+    # as the old run's, unfinished, and no turn, prune, sweep or deletion took it again.
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q-old", script(add_step(1), FINAL), session=session)
+    copy = await ar.AgentSession.load_checkpoint(backend, "s")
+    await runtime_on(None).run_turn(copy, "Q-mem", script(ONE))  # in memory only
+    paused = PausedMark(backend)
+    deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("s"))
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    assert await runtime.run_turn(copy, "Q-copy", script(TWO)) == "two"
+    paused.go.set()
+    with pytest.raises(ar.PersistenceError, match="a run, resume or sweep took it"):
+        await deleting
+    state = await CheckpointStore(backend).load("s")
+    assert not state.interrupted_turn and state.prompt == "Q-copy"
+    assert await runtime.run_turn(copy, "Q-next", script(ONE)) == "one"
+    assert await runtime.delete_session("s") is True
+
+
+class ListingFails(Delegating):
+    """The backend, but its second listing of a session's keys (a deletion's, once it has
+    marked the meta record) fails."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.listings = 0
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        if prefix == "session:s:":
+            self.listings += 1
+            if self.listings == 2:
+                raise OSError("the listing failed")
+        return list(await self.inner.list_keys(prefix))
+
+
+async def test_a_mark_a_failed_deletion_left_does_not_stop_prunes(
+    backend: ar.PersistenceBackend,
+) -> None:
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    failing = ListingFails(backend)
+    with pytest.raises(ar.PersistenceError, match="the listing failed"):
+        await CheckpointStore(failing).delete_session("s")
+    meta = decode(await backend.load("session:s:meta") or b"", "session:s:meta", "meta")
+    assert isinstance(meta["deleting"], str)  # marked, then given up
+    assert await runtime.prune("s", keep_last=1) == 2
+    assert await ar.AgentSession.load_checkpoint(backend, "s") == session
+    assert await runtime.delete_session("s") is True
+    assert await backend.list_keys("session:s") == []
+
+
+async def test_a_resume_takes_over_the_claim_of_a_deletion_cut_short(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It took the claim for another run's and was refused for good ("being run by another
+    # run"), though that deletion's process had ended.
+    await interrupted(backend, "x")
+    with pytest.raises(ar.PersistenceError, match="died"):
+        await CheckpointStore(DiesAfter(backend, 1)).delete_session("x")  # claimed, then died
+    runtime = runtime_on(backend)
+    with pytest.raises(ar.PersistenceError, match="is being deleted"):
+        await runtime.resume("x", script(FINAL))
+    later = time.time() + 3600
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    assert (await runtime.resume("x", script(FINAL))).final_answer == "finished"

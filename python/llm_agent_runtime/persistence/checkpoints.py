@@ -8,7 +8,7 @@ is a key of another):
 
 - `session:<id>:meta`: who runs what (agent, prompt, mode, start time, the run's id, whether
   it is a turn of a multi-turn session, how many steps the session had before it, and the
-  chat history it started with; `deleting` once a sweep or `delete_session` deletes it);
+  chat history it started with; `deleting`, naming the sweep or `delete_session` deleting it);
 - `session:<id>:run:<n>`: the claim of the run that started the session from step n, written
   insert-if-absent before its meta record, and holding it: of runs starting from one step at
   once, in any process, one runs (the claim is deleted when its run ends before its first
@@ -1549,8 +1549,19 @@ class CheckpointStore:
         )
         step = len(state.records)  # where a new run of a copy loaded now would start from
         fence_nonce = (_fence_of(resume_key), nonce.encode())
-        if not await self._claim(state.session_id, step, run, record, fence_nonce):
-            claim_key = f"{key}:run:{step}"
+        claim_key = f"{key}:run:{step}"
+        claimed = await self._claim(state.session_id, step, run, record, fence_nonce)
+        if not claimed and await self._swept(claim_key):
+            # A sweep's or `delete_session`'s claim: one cut short (its process ended) is
+            # deleted, and the step claimed again, as a new run does (see `save_meta`).
+            if not (
+                await self._drop_stranded_sweep(key, claim_key)
+                and await self._claim(state.session_id, step, run, record, fence_nonce)
+            ):
+                await self._drop_resume(state.session_id)
+                self._refuse(state.session_id, _SWEPT, _SWEPT_ADVICE)
+            claimed = True
+        if not claimed:
             raw = await self.backend.load(claim_key)
             holder = decode(raw, claim_key) if raw is not None else None
             if isinstance(holder, dict) and holder.get("run") != run:
@@ -2723,14 +2734,19 @@ class CheckpointStore:
             raise PersistenceError(f"keep_last must be an int >= 0, got {keep_last!r}")
         key = session_key(session_id)
         meta_key = f"{key}:meta"
+        base_key = ""
         for _ in range(_PRUNE_ATTEMPTS):
-            # The base is written only while the meta record is the one read before the
-            # load: a base written for a session a sweep or `delete_session` then deletes,
-            # landing after it listed the keys, would be left, and read by a new session
-            # under the id. A deletion marks the meta record before it lists (see
-            # `_delete_ended`); a turn that begins rewrites it too: then the prune starts over.
+            # The base is kept only while the meta record is the one read before the load:
+            # a base written for a session a sweep or `delete_session` then deletes, landing
+            # after it listed the keys, would be left, and read by a new session under the
+            # id. A deletion marks the meta record before it lists (see `_delete_ended`); a
+            # turn that begins rewrites it too: then the prune starts over.
             meta_raw = await self.backend.load(meta_key)
-            if meta_raw is not None and _being_deleted(decode(meta_raw, meta_key, "meta")):
+            if (
+                meta_raw is not None
+                and _being_deleted(decode(meta_raw, meta_key, "meta"))
+                and await self._deletion_under_way(key)
+            ):
                 raise PersistenceError(_PRUNED_AS_DELETED, key=key)
             state = await self.load(session_id)
             cut = len(state.records) - keep_last
@@ -2739,16 +2755,23 @@ class CheckpointStore:
                 return 0
             folded = {"records": [r.to_dict() for r in state.records[:cut]]}
             base = _encode("base", folded)
-            if meta_raw is not None:
-                if await self._save_guarded(meta_key, meta_raw, {f"{key}:base:{cut}": base}):
+            base_key = f"{key}:base:{cut}"
+            if meta_raw is None:
+                # A session of an older version, without a meta record: written, then checked.
+                await self.backend.save(base_key, base)
+                if not await self._batch_load([key, meta_key]):  # swept meanwhile: none is left
+                    await self._delete_if(base_key, base)
+                    raise PersistenceError(_PRUNED_AS_DELETED, key=key)
+                break
+            if callable(getattr(self.backend, "batch_save_if", None)):
+                if await self._save_guarded(meta_key, meta_raw, {base_key: base}):
                     break
                 continue
-            # A session of an older version, without a meta record: written, then checked.
-            await self.backend.save(f"{key}:base:{cut}", base)
-            if not await self._batch_load([key, meta_key]):  # swept meanwhile: none is left
-                await self._delete_if(f"{key}:base:{cut}", base)
-                raise PersistenceError(_PRUNED_AS_DELETED, key=key)
-            break
+            # No conditional write: written, then taken back if the meta record changed.
+            await self.backend.save(base_key, base)
+            if await self.backend.load(meta_key) == meta_raw:
+                break
+            await self._delete_if(base_key, base)
         else:
             raise PersistenceError(
                 f"session {session_id!r} changed each time it was pruned (turns began, or it "
@@ -2766,7 +2789,7 @@ class CheckpointStore:
         # while the base that holds them is there: gone, a longer one's prune (or a sweep)
         # deletes them.
         if doomed:
-            await self._delete_guarded(f"{key}:base:{cut}", base, doomed)
+            await self._delete_guarded(base_key, base, doomed)
         # Then the bases shorter than the longest (this one's, or a longer one's of another
         # prune): what they hold, the longest holds.
         numbered, legacy = await self._bases(key)
@@ -2775,6 +2798,22 @@ class CheckpointStore:
         if legacy and numbered and len(await self._legacy_base(key)) <= numbered[-1][0]:
             await self.backend.delete(f"{key}:base")
         return cut - already
+
+    async def _deletion_under_way(self, key: str) -> bool:
+        """Whether a sweep or `delete_session` deletes session key `key` now.
+
+        Told by a deletion's claim on one of its steps (`:run:<n>`) younger than
+        `_GRACE_SECONDS`: a deletion under way renews its claim, and one cut short leaves
+        its mark on the meta record.
+        """
+        claims = [
+            k for k in await self._list_keys(f"{key}:run:") if _RUN_CLAIM.match(k, len(key) + 1)
+        ]
+        for claim, raw in (await self._batch_load(claims)).items():
+            holder = decode(raw, claim)
+            if isinstance(holder, dict) and "sweep" in holder and not _outlived(holder, "at"):
+                return True
+        return False
 
     async def _legacy_base(self, key: str) -> list[StepRecord]:
         """The steps of the `:base` record of versions before `:base:<n>` (none if none)."""
@@ -3087,10 +3126,20 @@ class CheckpointStore:
             # Marked before the keys are listed: a prune writes its base only while the meta
             # record is the one it read (see `prune`), so any base a prune writes lands
             # before the listing, and is deleted.
+            # The mark names this deletion: a prune that read the mark of one cut short
+            # writes its base only while that mark is there. Written only over the meta
+            # record found: not over a later run's (a copy's, saved anew under another claim).
+            # A meta record of another shape is left unmarked: no load (and no prune) takes
+            # its session, and a finished one is deleted all the same.
             meta_key = f"{prefix}meta"
-            if meta_key in found:
-                marked = {**decode(found[meta_key], meta_key, "meta"), "deleting": True}
-                if not await self._save_guarded(claim, mine, {meta_key: _encode("meta", marked)}):
+            meta = decode(found[meta_key], meta_key, "meta") if meta_key in found else None
+            if meta is not None and _is_meta(meta):
+                held = await self._hold_sweep(claim, claimed, mine)
+                if held is None:
+                    return False
+                mine = held
+                marked = _encode("meta", {**meta, "deleting": claimed["sweep"]})
+                if not await self._save_guarded(meta_key, found[meta_key], {meta_key: marked}):
                     return False
             listed = await self._list_keys(prefix)
             if await self._stored_steps(key, listed) != steps:
@@ -3496,8 +3545,11 @@ def _latest_run_end(key: str, found: dict[str, bytes]) -> tuple[bool, float] | N
 
 
 def _being_deleted(meta: Any) -> bool:
-    """Whether a decoded meta record is marked by a sweep or `delete_session` deleting it."""
-    return isinstance(meta, dict) and meta.get("deleting") is True
+    """Whether a decoded meta record is marked by a sweep or `delete_session` deleting it.
+
+    The mark of one cut short stays: see `CheckpointStore._deletion_under_way`.
+    """
+    return isinstance(meta, dict) and isinstance(meta.get("deleting"), str)
 
 
 def _anchor_keys(key: str) -> list[str]:
