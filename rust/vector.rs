@@ -1226,10 +1226,6 @@ fn same_file(a: &str, b: &str) -> bool {
 /// bytes), the name stays within the 255 bytes file systems allow.
 const TEMP_NAME_BYTES: usize = 200;
 
-/// A temporary file name beside `path` that no other save (in this process or another) uses
-/// at the same time: `{path}.{pid}.{counter}.{nanos}.tmp`, the file name cut to its first
-/// [`TEMP_NAME_BYTES`] bytes (at a character boundary), so that any name the file system
-/// accepts for the target leaves room for the temporary one.
 /// Where `save` writes the index given `path`: `path` itself, or, for a symbolic link, the
 /// file it points to (the rename would replace the link, and leave that file as it was).
 /// Anything there but a regular file is refused: the rename would replace a directory, a
@@ -1260,6 +1256,10 @@ fn save_target(path: &str) -> CoreResult<String> {
     }
 }
 
+/// A temporary file name beside `path` that no other save (in this process or another) uses
+/// at the same time: `{path}.{pid}.{counter}.{nanos}.tmp`, the file name cut to its first
+/// [`TEMP_NAME_BYTES`] bytes (at a character boundary), so that any name the file system
+/// accepts for the target leaves room for the temporary one.
 fn unique_temp_path(path: &str) -> String {
     static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let counter = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1526,8 +1526,8 @@ type Hits<'py, D> = (
 /// Raises:
 ///     MemoryStoreError: `dim` or `rescore` is not between 1 and 2**32 - 1 (or is a bool), an
 ///         unknown `dtype`, or `exact_rescore` or `originals_path` with a dtype other than int8.
-///     PersistenceError: `originals_path` cannot be created (or is not valid Unicode), or
-///         another index uses it.
+///     PersistenceError: `originals_path` cannot be created (or is not valid Unicode), is
+///         not a regular file (a device or FIFO), or another index uses it.
 #[pyclass(module = "llm_agent_runtime", name = "VectorIndex", frozen)]
 pub struct PyVectorIndex {
     inner: RwLock<Index>,

@@ -583,8 +583,8 @@ class VectorIndex:
     Raises:
         MemoryStoreError: dim or rescore not between 1 and 2**32 - 1 (or a bool), an unknown
             dtype, or exact_rescore or originals_path without int8.
-        PersistenceError: originals_path cannot be created (or is not valid Unicode), or
-            another index uses it.
+        PersistenceError: originals_path cannot be created (or is not valid Unicode), is
+            not a regular file (a device or FIFO), or another index uses it.
     """
 
     def __new__(

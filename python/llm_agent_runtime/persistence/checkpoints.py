@@ -2864,10 +2864,9 @@ class CheckpointStore:
         Raises:
             PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), both
                 are infinite alike, `failed` is not a bool, or the backend fails. When a
-                session's final checkpoint
-                (or the meta record of one without it) is corrupt: only after the pass, which
-                sweeps the other sessions and logs each damaged one; the error counts both
-                and quotes the first damage.
+                session's final checkpoint (or the meta record of one without it) is
+                corrupt: only after the pass, which sweeps the other sessions and logs each
+                damaged one; the error counts both and quotes the first damage.
         """
         older_than = _sweep_seconds("older_than", older_than)
         now = time.time() if now is None else _sweep_seconds("now", now)
@@ -2899,11 +2898,11 @@ class CheckpointStore:
                 leftovers[parsed[0]] = None
         swept: list[str] = []
         damaged: list[tuple[str, PersistenceError]] = []
+        failed_before = (now - older_than) if failed else None
         for session_id in candidates:
             try:
-                cut_off = (now - older_than) if failed else None
                 if await self._sweep_candidate(
-                    session_id, present, claimed, now, older_than, cut_off
+                    session_id, present, claimed, now, older_than, failed_before
                 ):
                     swept.append(session_id)
             except _DamagedSession as damage:
@@ -2976,7 +2975,8 @@ class CheckpointStore:
         if not await self._delete_ended(key, found, listed):
             raise PersistenceError(
                 f"session {session_id!r} was not deleted, or not wholly: a run, resume or "
-                "sweep took it as it was deleted; load it, or delete it again once that ended",
+                "sweep took it as it was deleted, or a deletion cut short holds it (for up to "
+                f"{_GRACE_SECONDS:.0f} s); load it, or delete it again once that ended",
                 key=key,
             )
         return True
@@ -3099,7 +3099,9 @@ class CheckpointStore:
         The deletion first claims the session as a run starting its next turn would
         (`:run:<n>`, insert-if-absent, a sweep's record), so that a turn or resume starting
         while it deletes is refused; then it reads those records and the steps again, and
-        deletes nothing when a run claimed the session first or wrote any of them since. Its
+        deletes nothing when a run claimed the session first or wrote any of them since. It
+        marks the meta record (`deleting`, see `prune`) before it lists the keys to delete,
+        and deletes that record with the last batch. Its
         anchor, the final checkpoint (or, without one, the end record), is deleted after the
         other records (a deletion cut short finds the session again), if it is still as
         found, then the claim, if it is still this deletion's. The claim names its anchor
@@ -3123,14 +3125,13 @@ class CheckpointStore:
         try:
             if await self._batch_load(_anchor_keys(key)) != found:
                 return False  # a run went on meanwhile: its latest run is another
-            # Marked before the keys are listed: a prune writes its base only while the meta
-            # record is the one it read (see `prune`), so any base a prune writes lands
-            # before the listing, and is deleted.
-            # The mark names this deletion: a prune that read the mark of one cut short
-            # writes its base only while that mark is there. Written only over the meta
-            # record found: not over a later run's (a copy's, saved anew under another claim).
-            # A meta record of another shape is left unmarked: no load (and no prune) takes
-            # its session, and a finished one is deleted all the same.
+            # The meta record is marked before the keys are listed: a prune writes its base
+            # only while the meta record is the one it read (see `prune`), so any base it
+            # writes lands before the listing, and is deleted. The mark names this deletion
+            # (a prune past the mark of one cut short is refused by this one's), and is
+            # written only over the record found, never over a later run's (a copy's, saved
+            # anew under a claim of its own). A record of another shape is left unmarked: no
+            # load (and no prune) takes its session, and a finished one is deleted all the same.
             meta_key = f"{prefix}meta"
             meta = decode(found[meta_key], meta_key, "meta") if meta_key in found else None
             if meta is not None and _is_meta(meta):
