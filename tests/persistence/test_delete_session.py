@@ -189,7 +189,7 @@ async def test_a_turn_or_resume_starting_while_a_session_is_deleted_is_refused(
     with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep or delete_sess"):
         await other.run_turn(copy.deepcopy(session), "Q2", script(TWO))
     if not finished:
-        with pytest.raises(ar.PersistenceError, match="is being deleted by a sweep or delete_sess"):
+        with pytest.raises(ar.PersistenceError, match="is being deleted, or was in part"):
             await other.resume("s", script(FINAL))
     paused.go.set()
     assert await deleting is True
@@ -569,7 +569,7 @@ class ListingFails(Delegating):
         return list(await self.inner.list_keys(prefix))
 
 
-async def test_a_mark_a_failed_deletion_left_does_not_stop_prunes(
+async def test_a_deletion_that_gives_up_before_deleting_takes_its_mark_back(
     backend: ar.PersistenceBackend,
 ) -> None:
     runtime = runtime_on(backend)
@@ -579,11 +579,34 @@ async def test_a_mark_a_failed_deletion_left_does_not_stop_prunes(
     with pytest.raises(ar.PersistenceError, match="the listing failed"):
         await CheckpointStore(failing).delete_session("s")
     meta = decode(await backend.load("session:s:meta") or b"", "session:s:meta", "meta")
-    assert isinstance(meta["deleting"], str)  # marked, then given up
+    assert "deleting" not in meta
     assert await runtime.prune("s", keep_last=1) == 2
     assert await ar.AgentSession.load_checkpoint(backend, "s") == session
     assert await runtime.delete_session("s") is True
     assert await backend.list_keys("session:s") == []
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+async def test_the_mark_of_a_dead_deletion_stops_no_prune(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch, conditional: bool
+) -> None:
+    # Without `batch_save_if`, the prune took the mark for a deletion's and its base back
+    # at each attempt, then said the session "changed each time".
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    with pytest.raises(ar.PersistenceError, match="died"):
+        await CheckpointStore(DiesAfter(backend, 2)).delete_session("s")  # claimed, marked
+    with pytest.raises(ar.PersistenceError, match="is being deleted"):
+        await runtime.prune("s", keep_last=1)  # its claim is young: it may be deleting
+    later = time.time() + 3600
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    pruning = backend
+    if not conditional:
+        pruning = WithoutConditionalWrites(backend)  # type: ignore[assignment]
+        pruning.go.set()  # type: ignore[attr-defined]
+    assert await CheckpointStore(pruning).prune("s", keep_last=1) == 2
+    assert await ar.AgentSession.load_checkpoint(backend, "s") == session
 
 
 async def test_a_resume_takes_over_the_claim_of_a_deletion_cut_short(
@@ -600,3 +623,214 @@ async def test_a_resume_takes_over_the_claim_of_a_deletion_cut_short(
     later = time.time() + 3600
     monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
     assert (await runtime.resume("x", script(FINAL))).final_answer == "finished"
+
+
+class DiesAfterBatch(Delegating):
+    """The backend of a process that dies once its first guarded batch deletion landed:
+    nothing it writes or deletes after lands."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.dead = False
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self.inner, name)
+        if name not in ("delete", "save", "save_new", "batch_save", "batch_save_if"):
+            return method
+
+        async def refused(*args: object) -> object:
+            if self.dead:
+                raise RuntimeError("the process died")
+            return await method(*args)
+
+        return refused
+
+    async def batch_delete_if(self, guard_key: str, guard_value: bytes, keys: list[str]) -> bool:
+        if self.dead:
+            raise RuntimeError("the process died")
+        await self.inner.batch_delete_if(guard_key, guard_value, keys)
+        self.dead = True
+        raise RuntimeError("the process died")
+
+
+async def cut_after_first_batch(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch, session_id: str
+) -> None:
+    """`delete_session` of `session_id`, its process dead once it deleted 4 keys (a batch
+    of 4: its journal and events go first); then its claim is left a minute behind."""
+    with monkeypatch.context() as small:
+        small.setattr(checkpoints, "_SWEEP_BATCH", 4)
+        with pytest.raises(ar.PersistenceError, match="died"):
+            await CheckpointStore(DiesAfterBatch(backend)).delete_session(session_id)
+    later = time.time() + 3600
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+
+
+async def test_a_session_a_deletion_began_to_delete_is_not_resumed(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The resume took over the claim of the deletion, whose process had died, and ran on
+    # what was left: without the journal, an at-most-once call ran again.
+    await interrupted(backend, "x")
+    await cut_after_first_batch(backend, monkeypatch, "x")
+    runtime = runtime_on(backend)
+    with pytest.raises(ar.PersistenceError, match="it is not resumed"):
+        await runtime.resume("x", script(FINAL))
+    assert await runtime.delete_session("x") is True  # the next deletion finishes it
+    assert await backend.list_keys("session:x") == []
+
+
+async def test_a_failed_turns_session_a_deletion_began_to_delete_is_deleted_later(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The end record went with the first batch, before the meta record: what was left read
+    # as a turn that never ended, which no deletion or sweep took, and a resume ran it.
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_turn(session, "Q1", script(add_step(1), ONE))
+    with pytest.raises(ConnectionError):
+        await runtime.run_turn(session, "Q2", fails_after(add_step(2)))
+    await cut_after_first_batch(backend, monkeypatch, "s")
+    assert await runtime.delete_session("s") is True
+    assert await backend.list_keys("session:s") == []
+
+
+class SlowPrune(Delegating):
+    """The backend without `batch_save_if`, whose prune's base write waits for `write`, and
+    whose read of the meta record after it waits for `check`."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.write, self.check = asyncio.Event(), asyncio.Event()
+        self.writing, self.checking = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        if name == "batch_save_if":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def save(self, key: str, value: bytes) -> None:
+        if ":base:" in key:
+            self.writing.set()
+            await asyncio.wait_for(self.write.wait(), 10)
+        await self.inner.save(key, value)
+
+    async def load(self, key: str) -> bytes | None:
+        if key.endswith(":meta") and self.write.is_set():
+            self.checking.set()
+            await asyncio.wait_for(self.check.wait(), 10)
+        return await self.inner.load(key)
+
+
+async def test_a_prune_without_conditional_writes_keeps_a_base_a_turn_did_not_change(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # It took its base back once a turn had rewritten the meta record: the same bytes as
+    # the base of another prune, which had deleted the deltas it held. Steps were lost.
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_turn(session, "Q1", script(add_step(1), add_step(2), ONE))
+    slow = SlowPrune(backend)
+    late = asyncio.ensure_future(CheckpointStore(slow).prune("s", keep_last=0))
+    await asyncio.wait_for(slow.writing.wait(), 10)
+    assert await runtime.prune("s", keep_last=0) == 3  # the same base, its deltas deleted
+    slow.write.set()
+    await asyncio.wait_for(slow.checking.wait(), 10)
+    assert await runtime.run_turn(session, "Q2", script(TWO)) == "two"  # rewrites the meta
+    slow.check.set()
+    assert await late == 3
+    assert await ar.AgentSession.load_checkpoint(backend, "s") == session
+
+
+class SlowClaim(Delegating):
+    """The backend, but a resume's claim of its step (`:run:<n>`) waits for `go`."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        if ":run:" in key and not self.reached.is_set():
+            self.reached.set()
+            await asyncio.wait_for(self.go.wait(), 10)
+        return bool(await self.inner.save_new(key, value))
+
+
+async def test_a_resume_whose_session_was_deleted_before_its_claim_is_refused(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # It counted the steps, the deletion ran whole, then it claimed the free step and ran
+    # over nothing: the records it wrote did not load.
+    await interrupted(backend, "x")
+    slow = SlowClaim(backend)
+    resuming = asyncio.ensure_future(
+        ar.AgentRuntime(checkpoint_backend=slow).resume("x", script(FINAL))
+    )
+    await asyncio.wait_for(slow.reached.wait(), 10)
+    assert await runtime_on(backend).delete_session("x") is True
+    slow.go.set()
+    with pytest.raises(ar.PersistenceError, match="was deleted as it was resumed"):
+        await resuming
+    assert await backend.list_keys("session:x") == []
+
+
+async def test_a_failed_run_whose_steps_a_deletion_deleted_is_not_resumed(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cut short before its last batch (the meta record alone), the deletion left the meta
+    # record and the end record: the resume loaded no step, claimed the free first step,
+    # and ran the whole run again, its journal gone.
+    await interrupted(backend, "x")
+    keys = await backend.list_keys("session:x:")
+    monkeypatch.setattr(checkpoints, "_SWEEP_BATCH", len(keys) - 2)
+    with pytest.raises(ar.PersistenceError, match="died"):
+        await CheckpointStore(DiesAfterBatch(backend)).delete_session("x")
+    left = await backend.list_keys("session:x:")
+    assert "session:x:meta" in left and not any(":step:" in k for k in left)
+    later = time.time() + 3600
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    runtime = runtime_on(backend)
+    with pytest.raises(ar.PersistenceError, match="it is not resumed"):
+        await runtime.resume("x", script(FINAL))
+    assert await runtime.delete_session("x") is True
+    assert await backend.list_keys("session:x") == []
+
+
+class PausedSecondListing(Delegating):
+    """The backend, but its second listing of session `x`'s keys (a deletion's, once it has
+    marked the meta record) waits until `go` is set."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.go, self.reached = asyncio.Event(), asyncio.Event()
+        self.listings = 0
+
+    async def list_keys(self, prefix: str = "") -> list[str]:
+        if prefix == "session:x:":
+            self.listings += 1
+            if self.listings == 2:
+                self.reached.set()
+                await asyncio.wait_for(self.go.wait(), 10)
+        return list(await self.inner.list_keys(prefix))
+
+
+async def test_a_prune_without_conditional_writes_keeps_another_prunes_base(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A deletion marked the meta record as it wrote the same base as another prune, which
+    # had deleted the step it held: it took the base back, and the session lost that step.
+    await interrupted(backend, "x")
+    slow = SlowPrune(backend)
+    late = asyncio.ensure_future(CheckpointStore(slow).prune("x", keep_last=0))
+    await asyncio.wait_for(slow.writing.wait(), 10)
+    assert await CheckpointStore(backend).prune("x", keep_last=0) == 1  # the same base
+    paused = PausedSecondListing(backend)
+    deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("x"))
+    await asyncio.wait_for(paused.reached.wait(), 10)  # claimed and marked
+    slow.write.set()
+    await asyncio.wait_for(slow.checking.wait(), 10)
+    slow.check.set()
+    assert await late == 1  # kept: the deletion lists it, and deletes it with the rest
+    paused.go.set()
+    assert await deleting is True
+    assert await backend.list_keys("session:x") == []

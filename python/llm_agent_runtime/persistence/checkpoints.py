@@ -1015,6 +1015,11 @@ _NOT_ENDED_ADVICE = (
 )
 _SWEPT = "is being deleted by a sweep or delete_session (its latest run had ended)"
 _SWEPT_ADVICE = "run the turn again once the sweep has ended: the session is then saved anew"
+_DELETED_IN_PART = "is being deleted, or was in part, by a sweep or delete_session"
+_SWEPT_RESUME_ADVICE = (
+    "it is not resumed: what the deletion left is deleted by the next delete_session or "
+    "sweep(failed=True)"
+)
 _RESUMED = "is being resumed by another worker"
 _RESUMED_ADVICE = (
     "load it (AgentSession.load_checkpoint) when that resume has ended; a claim under a lease "
@@ -1553,13 +1558,19 @@ class CheckpointStore:
         claimed = await self._claim(state.session_id, step, run, record, fence_nonce)
         if not claimed and await self._swept(claim_key):
             # A sweep's or `delete_session`'s claim: one cut short (its process ended) is
-            # deleted, and the step claimed again, as a new run does (see `save_meta`).
-            if not (
+            # deleted, and the step claimed again, as a new run does (see `save_meta`); not
+            # one that marked the meta record, and may have deleted part of the session (its
+            # journal: an at-most-once call would run again). The next deletion finishes it.
+            meta_raw = await self.backend.load(f"{key}:meta")
+            marked = meta_raw is not None and _being_deleted(
+                decode(meta_raw, f"{key}:meta", "meta")
+            )
+            if marked or not (
                 await self._drop_stranded_sweep(key, claim_key)
                 and await self._claim(state.session_id, step, run, record, fence_nonce)
             ):
                 await self._drop_resume(state.session_id)
-                self._refuse(state.session_id, _SWEPT, _SWEPT_ADVICE)
+                self._refuse(state.session_id, _DELETED_IN_PART, _SWEPT_RESUME_ADVICE)
             claimed = True
         if not claimed:
             raw = await self.backend.load(claim_key)
@@ -1571,6 +1582,23 @@ class CheckpointStore:
             # The run's own claim (its process ended): the meta record, which the claim may
             # hold alone, is saved with the first step all the same.
             self._claims[state.session_id] = _Claim(claim_key, run, record, owned=False)
+        # A deletion may have ended between the count above and the claim (its claim gone
+        # with it), or been taken over once it had deleted its anchor: the run would write
+        # its steps over what is left of the session, or over nothing. (More steps than
+        # loaded: a write of the run resumed, cut off, that landed since; not a deletion.)
+        now = await self._batch_load([key, f"{key}:meta"])
+        marked = f"{key}:meta" in now and _being_deleted(
+            decode(now[f"{key}:meta"], f"{key}:meta", "meta")
+        )
+        if marked or not now or await self._stored_steps(key) < len(state.records):
+            # Its claims go: the step's if still its own (a deletion that ended may have
+            # deleted the resume claim's fence, which guards their deletion together).
+            made = self._claims.pop(state.session_id, None)
+            if made is not None and made.owned:
+                await self._delete_if(made.key, made.meta)
+            await self._drop_resume(state.session_id)
+            why = _DELETED_IN_PART if marked else "was deleted as it was resumed"
+            self._refuse(state.session_id, why, _SWEPT_RESUME_ADVICE)
         await self._mark_resumed(key, run, fence_nonce)
         if self.resume_lease_seconds is not None:
             renew_by = written + self.resume_lease_seconds * 2 / 3
@@ -2767,9 +2795,22 @@ class CheckpointStore:
                 if await self._save_guarded(meta_key, meta_raw, {base_key: base}):
                     break
                 continue
-            # No conditional write: written, then taken back if the meta record changed.
+            # No conditional write: written, then taken back if a deletion marked or deleted
+            # the meta record meanwhile. Not when a turn rewrote it: the steps folded are the
+            # session's all the same, and the base may be another prune's (the same bytes),
+            # whose deltas that prune deleted.
             await self.backend.save(base_key, base)
-            if await self.backend.load(meta_key) == meta_raw:
+            now_raw = await self.backend.load(meta_key)
+            if now_raw == meta_raw or (
+                now_raw is not None and not _being_deleted(decode(now_raw, meta_key, "meta"))
+            ):
+                break
+            # Marked meanwhile, it is kept when a delta it holds is gone: the same base is
+            # another prune's, which deleted its deltas (that base was there before the
+            # deletion listed the keys, and goes with them). Gone, the session is deleted.
+            steps = f"{key}:step:"
+            stored = {n for n, _ in _numbered(await self._list_keys(steps), steps)}
+            if now_raw is not None and not all(n in stored for n in range(already + 1, cut + 1)):
                 break
             await self._delete_if(base_key, base)
         else:
@@ -3113,6 +3154,9 @@ class CheckpointStore:
         prefix = f"{key}:"
         anchor = key if key in found else f"{key}:ended"
         anchor_raw = found[anchor]
+        meta_key = f"{prefix}meta"
+        marked_raw: bytes | None = None  # the mark, once written
+        deleting = False  # whether a deletion was sent (the mark stays then)
         steps = await self._stored_steps(key, listed)
         claim = f"{key}:run:{steps}"
         claimed = {"sweep": uuid.uuid4().hex, "at": time.time()}
@@ -3132,7 +3176,6 @@ class CheckpointStore:
             # written only over the record found, never over a later run's (a copy's, saved
             # anew under a claim of its own). A record of another shape is left unmarked: no
             # load (and no prune) takes its session, and a finished one is deleted all the same.
-            meta_key = f"{prefix}meta"
             meta = decode(found[meta_key], meta_key, "meta") if meta_key in found else None
             if meta is not None and _is_meta(meta):
                 held = await self._hold_sweep(claim, claimed, mine)
@@ -3142,6 +3185,7 @@ class CheckpointStore:
                 marked = _encode("meta", {**meta, "deleting": claimed["sweep"]})
                 if not await self._save_guarded(meta_key, found[meta_key], {meta_key: marked}):
                     return False
+                marked_raw = marked
             listed = await self._list_keys(prefix)
             if await self._stored_steps(key, listed) != steps:
                 return False  # likewise
@@ -3155,8 +3199,13 @@ class CheckpointStore:
             doomed = [
                 k for k in listed if k not in (claim, anchor) and _OWN_SUFFIX.match(k, len(prefix))
             ]
-            doomed.sort(key=lambda k: k == f"{prefix}meta")  # stable: the others keep their order
+            # Last of all, in the last batch: the meta record, then the end record (without
+            # the meta record, what is left reads as ended; without the end record alone, as
+            # a run that never ended, which no deletion takes).
+            last = {f"{prefix}meta": 1, f"{prefix}ended": 2}
+            doomed.sort(key=lambda k: last.get(k, 0))  # stable: the others keep their order
             size = _SWEEP_BATCH if batched else 1
+            deleting = True
             for start in range(0, len(doomed), size):
                 held = await self._hold_sweep(claim, claimed, mine)
                 if held is None:
@@ -3173,6 +3222,11 @@ class CheckpointStore:
             # Last (a deletion cut short finds it again), and not one a run wrote meanwhile.
             return await self._delete_if(anchor, anchor_raw)
         finally:
+            if marked_raw is not None and not deleting and meta_key in found:
+                # Given up before it deleted anything: the mark goes, else a resume would
+                # take the session for a partly deleted one (and refuse it).
+                with contextlib.suppress(Exception):
+                    await self._save_guarded(meta_key, marked_raw, {meta_key: found[meta_key]})
             # Not a run's claim made once a stranded claim of this deletion was deleted.
             await self._drop_claim(claim, mine)
 
