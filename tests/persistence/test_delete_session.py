@@ -8,6 +8,7 @@ import asyncio
 import copy
 import time
 import types
+from collections.abc import Callable
 
 import pytest
 
@@ -34,6 +35,20 @@ def runtime_on(backend: ar.PersistenceBackend | None, **config: object) -> ar.Ag
         tools=Effects().tools(),
         checkpoint_backend=backend,
     )
+
+
+async def finished(backend: ar.PersistenceBackend) -> tuple[ar.AgentRuntime, ar.AgentSession]:
+    """A runtime on `backend`, and its finished session `s`: two `add` steps and an answer."""
+    runtime = runtime_on(backend)
+    session = runtime.create_session("a", "s")
+    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    return runtime, session
+
+
+def an_hour_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint store's clock an hour on: claims and markers made before are old."""
+    later = time.time() + 3600
+    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
 
 
 async def test_a_finished_session_is_deleted_whole_and_no_other(
@@ -213,8 +228,7 @@ async def test_a_deletion_cut_short_is_finished_by_the_next_one(
     with pytest.raises(ar.PersistenceError, match="a run, resume or sweep took it"):
         await runtime.delete_session("x")
     # Once its claim is old, the next deletion takes it over.
-    later = time.time() + 3600
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    an_hour_later(monkeypatch)
     assert await runtime.delete_session("x") is True
     assert await backend.list_keys("session:x") == []
 
@@ -228,8 +242,7 @@ async def test_an_incomplete_fork_is_deleted_once_old(
     runtime = runtime_on(backend)
     with pytest.raises(ar.PersistenceError, match="a fork is being copied into it"):
         await runtime.delete_session("f")
-    later = time.time() + 3600
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    an_hour_later(monkeypatch)
     assert await runtime.delete_session("f") is True
     assert await backend.list_keys("session:f") == []
     assert await backend.list_keys("session:src")  # the source is kept
@@ -355,9 +368,7 @@ async def test_a_prune_as_the_session_is_deleted_leaves_no_base_behind(
 ) -> None:
     # The prune's base landed after the deletion listed the keys: it was left, and a new
     # session under the id loaded its steps as its own, every later turn refused.
-    runtime = runtime_on(backend)
-    session = runtime.create_session("a", "s")
-    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    runtime, _ = await finished(backend)
     paused = PausedBatch(backend)
     deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("s"))
     await asyncio.wait_for(paused.reached.wait(), 10)
@@ -397,21 +408,34 @@ async def test_a_damaged_meta_record_stops_no_sweep(
     assert info.value.key == "session:bad:meta"
 
 
-class PausedBaseWrite(Delegating):
-    """The backend, but the first guarded write of a base record waits until `go` is set:
-    a prune's write in flight (a slow link, a paused process)."""
+class PausedGuardedWrite(Delegating):
+    """The backend, but the first `batch_save_if` whose items `waits` picks waits until `go`
+    is set: a write in flight (a slow link, a paused process)."""
 
-    def __init__(self, inner: ar.PersistenceBackend) -> None:
+    def __init__(
+        self, inner: ar.PersistenceBackend, waits: Callable[[dict[str, bytes]], bool]
+    ) -> None:
         super().__init__(inner)
+        self.waits = waits
         self.go, self.reached = asyncio.Event(), asyncio.Event()
 
     async def batch_save_if(
         self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
     ) -> bool:
-        if any(":base:" in key for key in items) and not self.reached.is_set():
+        if self.waits(items) and not self.reached.is_set():
             self.reached.set()
             await asyncio.wait_for(self.go.wait(), 10)
         return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
+
+
+def a_base(items: dict[str, bytes]) -> bool:
+    """A prune's write of its base record."""
+    return any(":base:" in key for key in items)
+
+
+def a_mark(items: dict[str, bytes]) -> bool:
+    """A deletion's write of its mark on the meta record."""
+    return any(key.endswith(":meta") and b'"deleting"' in value for key, value in items.items())
 
 
 async def test_a_prune_in_flight_never_lands_in_a_new_session_under_the_id(
@@ -422,7 +446,7 @@ async def test_a_prune_in_flight_never_lands_in_a_new_session_under_the_id(
     runtime = runtime_on(backend)
     old = runtime.create_session("a", "s")
     await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=old)
-    paused = PausedBaseWrite(backend)
+    paused = PausedGuardedWrite(backend, a_base)
     pruning = asyncio.ensure_future(CheckpointStore(paused).prune("s", keep_last=1))
     await asyncio.wait_for(paused.reached.wait(), 10)
     assert await runtime.delete_session("s") is True
@@ -445,7 +469,7 @@ async def test_a_prune_that_loaded_before_the_last_turn_does_not_outlive_a_delet
     runtime = runtime_on(backend)
     session = runtime.create_session("a", "s")
     await runtime.run_turn(session, "Q1", script(add_step(1), ONE))
-    paused = PausedBaseWrite(backend)
+    paused = PausedGuardedWrite(backend, a_base)
     pruning = asyncio.ensure_future(CheckpointStore(paused).prune("s", keep_last=0))
     await asyncio.wait_for(paused.reached.wait(), 10)
     await runtime.run_turn(session, "Q2", script(add_step(2), TWO))
@@ -500,9 +524,7 @@ class WithoutConditionalWrites(Delegating):
 async def test_a_prune_without_conditional_writes_takes_a_late_base_back(
     backend: ar.PersistenceBackend,
 ) -> None:
-    runtime = runtime_on(backend)
-    session = runtime.create_session("a", "s")
-    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    runtime, _ = await finished(backend)
     slow = WithoutConditionalWrites(backend)
     pruning = asyncio.ensure_future(CheckpointStore(slow).prune("s", keep_last=0))
     await asyncio.wait_for(slow.reached.wait(), 10)
@@ -511,22 +533,6 @@ async def test_a_prune_without_conditional_writes_takes_a_late_base_back(
     with pytest.raises(ar.PersistenceError, match="no checkpoint saved"):
         await pruning
     assert await backend.list_keys("session:s") == []
-
-
-class PausedMark(Delegating):
-    """The backend, but a deletion's write of its mark on the meta record waits for `go`."""
-
-    def __init__(self, inner: ar.PersistenceBackend) -> None:
-        super().__init__(inner)
-        self.go, self.reached = asyncio.Event(), asyncio.Event()
-
-    async def batch_save_if(
-        self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
-    ) -> bool:
-        if any(key.endswith(":meta") and b'"deleting"' in value for key, value in items.items()):
-            self.reached.set()
-            await asyncio.wait_for(self.go.wait(), 10)
-        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
 
 
 async def test_a_deletion_never_marks_a_later_runs_meta_record(
@@ -540,7 +546,7 @@ async def test_a_deletion_never_marks_a_later_runs_meta_record(
     await runtime.run_agent("a", "Q-old", script(add_step(1), FINAL), session=session)
     copy = await ar.AgentSession.load_checkpoint(backend, "s")
     await runtime_on(None).run_turn(copy, "Q-mem", script(ONE))  # in memory only
-    paused = PausedMark(backend)
+    paused = PausedGuardedWrite(backend, a_mark)
     deleting = asyncio.ensure_future(CheckpointStore(paused).delete_session("s"))
     await asyncio.wait_for(paused.reached.wait(), 10)
     assert await runtime.run_turn(copy, "Q-copy", script(TWO)) == "two"
@@ -572,9 +578,7 @@ class ListingFails(Delegating):
 async def test_a_deletion_that_gives_up_before_deleting_takes_its_mark_back(
     backend: ar.PersistenceBackend,
 ) -> None:
-    runtime = runtime_on(backend)
-    session = runtime.create_session("a", "s")
-    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    runtime, session = await finished(backend)
     failing = ListingFails(backend)
     with pytest.raises(ar.PersistenceError, match="the listing failed"):
         await CheckpointStore(failing).delete_session("s")
@@ -592,15 +596,12 @@ async def test_the_mark_of_a_dead_deletion_stops_no_prune(
 ) -> None:
     # Without `batch_save_if`, the prune took the mark for a deletion's and its base back
     # at each attempt, then said the session "changed each time".
-    runtime = runtime_on(backend)
-    session = runtime.create_session("a", "s")
-    await runtime.run_agent("a", "Q", script(add_step(1), add_step(2), FINAL), session=session)
+    runtime, session = await finished(backend)
     with pytest.raises(ar.PersistenceError, match="died"):
         await CheckpointStore(DiesAfter(backend, 2)).delete_session("s")  # claimed, marked
     with pytest.raises(ar.PersistenceError, match="is being deleted"):
         await runtime.prune("s", keep_last=1)  # its claim is young: it may be deleting
-    later = time.time() + 3600
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    an_hour_later(monkeypatch)
     pruning = backend
     if not conditional:
         pruning = WithoutConditionalWrites(backend)  # type: ignore[assignment]
@@ -620,8 +621,7 @@ async def test_a_resume_takes_over_the_claim_of_a_deletion_cut_short(
     runtime = runtime_on(backend)
     with pytest.raises(ar.PersistenceError, match="is being deleted"):
         await runtime.resume("x", script(FINAL))
-    later = time.time() + 3600
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    an_hour_later(monkeypatch)
     assert (await runtime.resume("x", script(FINAL))).final_answer == "finished"
 
 
@@ -662,8 +662,7 @@ async def cut_after_first_batch(
         small.setattr(checkpoints, "_SWEEP_BATCH", 4)
         with pytest.raises(ar.PersistenceError, match="died"):
             await CheckpointStore(DiesAfterBatch(backend)).delete_session(session_id)
-    later = time.time() + 3600
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    an_hour_later(monkeypatch)
 
 
 async def test_a_session_a_deletion_began_to_delete_is_not_resumed(
@@ -787,8 +786,7 @@ async def test_a_failed_run_whose_steps_a_deletion_deleted_is_not_resumed(
         await CheckpointStore(DiesAfterBatch(backend)).delete_session("x")
     left = await backend.list_keys("session:x:")
     assert "session:x:meta" in left and not any(":step:" in k for k in left)
-    later = time.time() + 3600
-    monkeypatch.setattr(checkpoints, "time", types.SimpleNamespace(time=lambda: later))
+    an_hour_later(monkeypatch)
     runtime = runtime_on(backend)
     with pytest.raises(ar.PersistenceError, match="it is not resumed"):
         await runtime.resume("x", script(FINAL))
