@@ -1342,6 +1342,41 @@ async def test_postgres_guarded_writes_whose_rows_cross_meet_without_deadlock() 
         await store.close()
 
 
+async def test_postgres_guarded_writes_of_a_row_one_did_not_see_meet_without_deadlock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A guarded write locks the rows it finds, in the order of their keys: this one locked
+    # its guard "b", then inserted "a", which it had not found. Another, guarded by "0", had
+    # inserted "a" meanwhile and waited for "b": a cycle, which the server broke a second
+    # later by aborting one of them.
+    import psycopg
+
+    from llm_agent_runtime.persistence import postgres
+
+    monkeypatch.setattr(postgres, "_DEADLOCK_ATTEMPTS", 1)  # an aborted statement raises
+    dsn = server_address("postgres")
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table)
+    await store.batch_save({"0": b"1", "b": b"1"})
+    holder = await psycopg.AsyncConnection.connect(dsn)
+    watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        await holder.execute(f'SELECT 1 FROM "{table}" WHERE key = %s FOR UPDATE', [b"b"])
+        first = asyncio.ensure_future(store.batch_save_if("b", b"1", {"a": b"first"}))
+        await waiting_for_a_lock(watch, table, 1)
+        second = asyncio.ensure_future(store.batch_save_if("0", b"1", {"a": b"2", "b": b"1"}))
+        await waiting_for_a_lock(watch, table, 2)
+        await holder.commit()
+        assert await first is True
+        assert await second is True
+        assert await store.batch_load(["a", "b"]) == {"a": b"2", "b": b"1"}
+    finally:
+        await holder.close()
+        await watch.close()
+        await store._execute(None, f'DROP TABLE IF EXISTS "{table}"', [])
+        await store.close()
+
+
 async def test_a_redis_batch_load_is_one_moment_of_its_keys() -> None:
     # Keys MGET found missing were read again one by one when one had been written since:
     # a read mixed batches (`{"b": ...}` alone, values of two batches) never stored so.

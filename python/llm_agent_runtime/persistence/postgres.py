@@ -10,6 +10,7 @@ import math
 import random
 import re
 import weakref
+import zlib
 from collections.abc import (
     Awaitable,
     Callable,
@@ -57,20 +58,42 @@ _DEADLOCK_PAUSE = 0.05
 """Seconds, at most, before a statement aborted by a deadlock runs again (times its attempt)."""
 
 
-def _locked_rows(table: str) -> str:
-    """The CTE `locked`: the existing rows of the first parameter's (sorted) keys, locked.
+_STRIPES = 64
+"""Advisory locks a table's keys share (see `_locked_rows`): the most one statement takes.
 
-    They are locked in that order (`FOR UPDATE`), before a guarded statement reads its
-    guard. Every statement that locks several rows takes them in the order of their keys (a plain
-    batch too: see `batch_save`), so that no two wait for each other. Taken as a statement
-    needs them (the guard's row, then the items' as it writes them), two guarded writes whose
-    guard is the other's item (a resume claim's renewal and its takeover) deadlocked: the
-    server breaks one deadlock a second, and with a few such writers at once the rest timed
-    out waiting.
+No more than a connection's share of the server's lock table (`max_locks_per_transaction`,
+64 by default), however many keys a statement has (a sweep deletes 500 at once). Two
+guarded writes that share one only wait for each other, as if they shared a key."""
+
+
+def _stripes(keys: Iterable[bytes]) -> list[int]:
+    """The advisory locks (of `_STRIPES`) a guarded statement of `keys` takes, in order."""
+    return sorted({zlib.crc32(key) % _STRIPES for key in keys})
+
+
+def _locked_rows(table: str) -> str:
+    """The CTEs of a guarded statement's locks: `stripes`, then `locked`.
+
+    `stripes` takes the advisory locks of the statement's keys (the first two parameters:
+    the table's number, then `_stripes`), in their order: two guarded statements that share
+    a key run one after the other. Rows alone could not order them: a statement locks only
+    the rows it finds, and a row it then inserts is locked after the others, whatever its
+    key. A guarded write that locked its guard "b", then inserted "a", met another that had
+    inserted "a" and waited for "b": a deadlock, which the server breaks a second later.
+
+    `locked` then reads the existing rows of the next parameter's (sorted) keys, locking
+    each (`FOR UPDATE`) in that order as the statement reads it: up to the guard's, which
+    the statement checks. Statements of one row take no advisory lock: they hold nothing
+    as they wait. A plain batch takes none either (it would cost a checkpoint a tenth more):
+    it writes its rows in the order of their keys, but may still meet a guarded write that
+    inserts a row before its guard's in that order; the server then aborts one of the two,
+    which runs again (see `_statement_unlocked`).
     """
     return (
+        "stripes AS MATERIALIZED (SELECT count(*) AS n FROM "
+        "(SELECT pg_advisory_xact_lock(%s, s) FROM unnest(%s::int4[]) AS s) AS taken), "
         f"locked AS MATERIALIZED (SELECT key, value FROM {table} "
-        "WHERE key = ANY(%s) ORDER BY key FOR UPDATE)"
+        "WHERE key = ANY(%s) AND (SELECT n FROM stripes) > 0 ORDER BY key FOR UPDATE)"
     )
 
 
@@ -392,6 +415,10 @@ class PostgresBackend(Unshared):
         # of its name, as the lock is shared by every process on the database.
         digest = hashlib.sha256(f"llm_agent_runtime:create:{table.lower()}".encode()).digest()
         self._create_lock = int.from_bytes(digest[:8], "big", signed=True)
+        # The first number of its rows' advisory locks (see `_locked_rows`): a guarded write
+        # to another table does not wait for this one's.
+        digest = hashlib.sha256(f"llm_agent_runtime:rows:{table.lower()}".encode()).digest()
+        self._stripes_class = int.from_bytes(digest[:4], "big", signed=True)
         self.timeout = seconds
         self._dsn = dsn
         # Autocommit: every call is one statement, atomic on its own, in one round trip.
@@ -646,14 +673,13 @@ class PostgresBackend(Unshared):
     ) -> list[Any]:
         """`_statement`, run again when the server aborted it as one of a deadlock.
 
-        Two conditional writes (or deletions) lock their guard row, then their items' rows: a
-        resume claim's renewal or release (guard: the fence) and its takeover (guard: the
-        claim) take the two rows in opposite orders. The server aborts one of them; in
-        autocommit it wrote nothing, so it runs again and sees the other's write (a guard
-        that no longer holds its value: it writes nothing, and says so). It waits a few
-        milliseconds first, at random: run again at once, it could take its guard row again
-        before the other transaction, woken by the abort, took it, and deadlock again. All
-        within the one `timeout`.
+        Two guarded statements never deadlock (see `_locked_rows`), but a guarded write
+        may meet a plain batch, or another client's transaction, that takes the same rows in
+        another order. The server aborts one of them; in autocommit it wrote nothing, so it
+        runs again and sees the other's write (a guard that no longer holds its value: it
+        writes nothing, and says so). It waits a few milliseconds first, at random: run again
+        at once, it could take a row again before the other transaction, woken by the abort,
+        took it, and deadlock again. All within the one `timeout`.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
@@ -753,7 +779,7 @@ class PostgresBackend(Unshared):
         checked = check_items(items)
         if not checked:
             return
-        # In the order of their keys, as every statement locks rows (see `_locked_rows`).
+        # In the order of their keys, as a guarded statement locks rows (see `_locked_rows`).
         rows = sorted(zip(_encode_keys(checked), checked.values(), strict=True))
         keys = [key for key, _ in rows]
         values = [value for _, value in rows]
@@ -778,10 +804,10 @@ class PostgresBackend(Unshared):
     ) -> bool:
         """Stores every item only if `guard_key` holds `guard_value`, in one statement.
 
-        Returns whether it wrote. The statement first locks the rows it reads or writes
-        that exist, the guard's included, in the order of their keys (see `_locked_rows`):
-        a concurrent write of the guard waits for it, or, committed first, is what the check
-        sees.
+        Returns whether it wrote. The statement first takes the advisory locks of its keys,
+        then locks the existing rows up to the guard's, in the order of their keys (see
+        `_locked_rows`): a concurrent write of the guard waits for it, or, committed first,
+        is what the check sees.
         """
         guard = check_items({check_key(guard_key): guard_value})[guard_key]
         checked = check_items(items)
@@ -797,8 +823,11 @@ class PostgresBackend(Unshared):
             f"{_UPSERT} RETURNING true"
         )
         keys = [key for key, _ in rows]
+        locked = sorted({guard_encoded, *keys})
         params = [
-            sorted({guard_encoded, *keys}),
+            self._stripes_class,
+            _stripes(locked),
+            locked,
             keys,
             [value for _, value in rows],
             guard_encoded,
@@ -812,9 +841,9 @@ class PostgresBackend(Unshared):
     ) -> bool:
         """Deletes every key of `keys` only if `guard_key` holds `guard_value`, in one statement.
 
-        Returns whether the guard held. The rows are locked first, in the order of their
-        keys, as `batch_save_if` locks them: a concurrent write of the guard waits for it,
-        or, committed first, is what the check sees.
+        Returns whether the guard held. It takes its locks as `batch_save_if` does: a
+        concurrent write of the guard waits for it, or, committed first, is what the check
+        sees.
         """
         guard = check_items({check_key(guard_key): guard_value})[guard_key]
         wanted = check_keys(keys)
@@ -831,7 +860,8 @@ class PostgresBackend(Unshared):
             "AND EXISTS (SELECT 1 FROM guard)) "
             "SELECT EXISTS (SELECT 1 FROM guard)"
         )
-        params = [sorted({guard_encoded, *encoded}), guard_encoded, guard, encoded]
+        locked = sorted({guard_encoded, *encoded})
+        params = [self._stripes_class, _stripes(locked), locked, guard_encoded, guard, encoded]
         rows = await self._execute(guard_key, query, params)
         return bool(rows[0][0])
 
