@@ -170,6 +170,20 @@ class SixMethods:
         return sorted(key for key in self.data if key.startswith(prefix))
 
 
+class Note:
+    """A memory of the application's own: a `content` attribute is what a prompt shows."""
+
+    def __init__(self, content: str) -> None:
+        self.content = content
+
+
+class Notes:
+    """An episodic store of the application's own: `recall` is all the runtime needs."""
+
+    def recall(self, agent_id: str, limit: int = 3) -> list[Note]:
+        return [Note(f"{agent_id} likes tea")][:limit]
+
+
 class Where:
     """A path object of the application's own."""
 
@@ -222,6 +236,16 @@ async def main() -> None:
     for provider in (ChatOnly(), CompleteOnly()):
         session = await runtime.run_agent_with_provider("a", "q", provider)
         assert session.final_answer in ("chat", "complete")
+    # The stores a run reads, the library's or the application's own.
+    graph = ar.GraphStore()
+    graph.add_entity("tea", "drink")
+    stored = ar.AgentRuntime(
+        memory=ar.EpisodicStore(), working_memory=ar.WorkingMemory(4), graph=graph
+    )
+    assert assert_type(stored.graph, ar.SupportsEntityCount | None) is graph
+    stored.memory = Notes()
+    recalled = await stored.run_agent_with_provider("a", "q", ChatOnly())
+    assert recalled.memory_hits == 1 and recalled.graph_entity_count == 1
     backend = SixMethods()
     durable = ar.AgentRuntime(checkpoint_backend=backend)
     saved = await durable.run_agent_with_provider("a", "q", ChatOnly())
@@ -313,6 +337,9 @@ async def wrong() -> None:
     ar.OpenAIProvider(api_key=b"key")  # E: arg-type
     ar.SemanticStore(dtype="int4")  # E: arg-type
     ar.GraphStore().degree_centrality("inbound")  # E: arg-type
+    ar.AgentRuntime(memory=ar.GraphStore())  # E: arg-type
+    ar.AgentRuntime(graph=ar.EpisodicStore())  # E: arg-type
+    ar.AgentRuntime().working_memory = Notes()  # E: assignment
 
 
 # Hooks of the wrong shape failed the run only (typed Any): the edited arguments alone, a list.

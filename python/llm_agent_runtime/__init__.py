@@ -130,6 +130,10 @@ if _typing.TYPE_CHECKING:
         ApprovalHandler,
         InferFn,
         Middleware,
+        SupportsContent,
+        SupportsEntityCount,
+        SupportsRecall,
+        SupportsToPrompt,
     )
     from llm_agent_runtime.semantic import SemanticEntry, SemanticHit, SemanticStore
     from llm_agent_runtime.tools import Observation, ToolRegistry, ToolSpec, tool
@@ -190,6 +194,10 @@ _LAZY = {
     "Usage": "llm_agent_runtime.providers.base",
     "Middleware": "llm_agent_runtime.runtime",
     "REMEMBERED_APPROVAL_SESSIONS": "llm_agent_runtime.runtime",
+    "SupportsContent": "llm_agent_runtime.runtime",
+    "SupportsEntityCount": "llm_agent_runtime.runtime",
+    "SupportsRecall": "llm_agent_runtime.runtime",
+    "SupportsToPrompt": "llm_agent_runtime.runtime",
     "Observation": "llm_agent_runtime.tools",
     "OpenAIProvider": "llm_agent_runtime.providers.openai",
     "PostgresBackend": "llm_agent_runtime.persistence.postgres",
@@ -295,6 +303,10 @@ __all__ = [
     "StreamEnd",
     "StreamEvent",
     "Subscription",
+    "SupportsContent",
+    "SupportsEntityCount",
+    "SupportsRecall",
+    "SupportsToPrompt",
     "SystemClock",
     "TextDelta",
     "ToolCall",

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import FunctionType, MethodType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, cast, get_args
 
 from pydantic import ValidationError
 
@@ -117,7 +117,16 @@ if TYPE_CHECKING:
         StepRecord,
     )
 
-__all__ = ["REMEMBERED_APPROVAL_SESSIONS", "AgentRuntime", "ApprovalDecision", "Middleware"]
+__all__ = [
+    "REMEMBERED_APPROVAL_SESSIONS",
+    "AgentRuntime",
+    "ApprovalDecision",
+    "Middleware",
+    "SupportsContent",
+    "SupportsEntityCount",
+    "SupportsRecall",
+    "SupportsToPrompt",
+]
 
 logger = logging.getLogger("llm_agent_runtime")
 
@@ -127,6 +136,44 @@ _RESUME_CLAIM_LEFT = (
     "resumes of the session by other processes are refused until release_resume (or, under "
     "a lease, until it passes); the next resume in this process takes it over"
 )
+
+
+class SupportsContent(Protocol):
+    """A recalled memory: its text is what a run's prompt shows (`Episode` is one)."""
+
+    @property
+    def content(self) -> str:
+        """The memory's text."""
+        ...
+
+
+class SupportsRecall(Protocol):
+    """An episodic store runs recall from: `EpisodicStore`, or one of the application's.
+
+    A store with an embedder (`has_embedder` true) is also called with the request as a
+    third argument, to rank by similarity to it.
+    """
+
+    def recall(self, agent_id: str, limit: int, /) -> Iterable[SupportsContent]:
+        """The agent's memories, most relevant first (the first `limit` are shown)."""
+        ...
+
+
+class SupportsToPrompt(Protocol):
+    """A working memory whose block runs append to their context (`WorkingMemory` is one)."""
+
+    def to_prompt(self) -> str:
+        """The block, as it is shown (an empty string shows nothing)."""
+        ...
+
+
+class SupportsEntityCount(Protocol):
+    """A knowledge graph whose size runs record (`GraphStore` is one)."""
+
+    def entity_count(self) -> int:
+        """How many entities it holds."""
+        ...
+
 
 T = TypeVar("T")
 InferFn = Callable[[str], Awaitable[str]]
@@ -439,18 +486,21 @@ class AgentRuntime(Unshared):
 
     Args:
         config: Loop settings (defaults to `AgentConfig()`); may be replaced between runs.
-        memory: Episodic store (`recall(agent_id, limit)`, e.g. `EpisodicStore`); one with an
+        memory: Episodic store (`SupportsRecall`: `recall(agent_id, limit)`, e.g.
+            `EpisodicStore`, returning memories with a string `content`); one with an
             embedder (`has_embedder`) recalls the memories most similar to the request too.
             (An `EpisodicStore` or `GraphStore` in use by another thread at a `fork()`
             hangs the child's first call on it: see their docs.)
             A recalled memory that is blank is skipped (neither shown nor counted as a hit;
             it still took one of the `max_memory_recalls` slots, as the store ranks first).
-        working_memory: Key-value memory whose `to_prompt()` block (a string) is appended,
-            as it is, to the run's context (`WorkingMemory`'s starts with its own `Working
-            memory:` header). It is read once, when a run starts: each prompt of the run
-            holds that snapshot (a resumed run too, as saved when it started), and entries
-            set while the run goes on (by a tool, say) show from the next run on.
-        graph: Knowledge graph (`entity_count()`), whose size is recorded per session.
+        working_memory: Key-value memory (`SupportsToPrompt`, e.g. `WorkingMemory`) whose
+            `to_prompt()` block (a string) is appended, as it is, to the run's context
+            (`WorkingMemory`'s starts with its own `Working memory:` header). It is read
+            once, when a run starts: each prompt of the run holds that snapshot (a resumed
+            run too, as saved when it started), and entries set while the run goes on (by a
+            tool, say) show from the next run on.
+        graph: Knowledge graph (`SupportsEntityCount`: `entity_count()`, e.g. `GraphStore`),
+            whose size is recorded per session.
         tools: `ToolSpec`s or a `ToolRegistry`.
         backpressure: Sheds runs beyond its capacity.
         metrics: Counters (a fresh `RuntimeMetrics` by default). Calls of a tool that is not
@@ -497,9 +547,9 @@ class AgentRuntime(Unshared):
         self,
         config: AgentConfig | None = None,
         *,
-        memory: Any = None,
-        working_memory: Any = None,
-        graph: Any = None,
+        memory: SupportsRecall | None = None,
+        working_memory: SupportsToPrompt | None = None,
+        graph: SupportsEntityCount | None = None,
         tools: Iterable[ToolSpec] | ToolRegistry | None = (),
         backpressure: BackpressureGuard | None = None,
         metrics: RuntimeMetrics | None = None,
@@ -806,7 +856,7 @@ class AgentRuntime(Unshared):
         return await self._run(agent_id, prompt, infer, None, session, stream=stream)
 
     @property
-    def memory(self) -> Any:
+    def memory(self) -> SupportsRecall | None:
         """The episodic store runs recall from (None for none).
 
         It may be replaced between runs, and is checked as the constructor checks it.
@@ -817,7 +867,7 @@ class AgentRuntime(Unshared):
         return self._memory
 
     @memory.setter
-    def memory(self, memory: Any) -> None:
+    def memory(self, memory: SupportsRecall | None) -> None:
         if memory is not None:
             _required("memory", memory, ["recall"])
         self._memory = memory
@@ -851,7 +901,7 @@ class AgentRuntime(Unshared):
         self._tools = tools
 
     @property
-    def working_memory(self) -> Any:
+    def working_memory(self) -> SupportsToPrompt | None:
         """The working memory whose `to_prompt()` block runs show (None for none).
 
         It may be replaced between runs, and is checked as the constructor checks it.
@@ -862,13 +912,13 @@ class AgentRuntime(Unshared):
         return self._working_memory
 
     @working_memory.setter
-    def working_memory(self, working_memory: Any) -> None:
+    def working_memory(self, working_memory: SupportsToPrompt | None) -> None:
         if working_memory is not None:
             _required("working_memory", working_memory, ["to_prompt"])
         self._working_memory = working_memory
 
     @property
-    def graph(self) -> Any:
+    def graph(self) -> SupportsEntityCount | None:
         """The knowledge graph whose size runs record (None for none).
 
         It may be replaced between runs, and is checked as the constructor checks it.
@@ -879,7 +929,7 @@ class AgentRuntime(Unshared):
         return self._graph
 
     @graph.setter
-    def graph(self, graph: Any) -> None:
+    def graph(self, graph: SupportsEntityCount | None) -> None:
         if graph is not None:
             _required("graph", graph, ["entity_count"])
         self._graph = graph
