@@ -1377,6 +1377,35 @@ async def test_postgres_guarded_writes_of_a_row_one_did_not_see_meet_without_dea
         await store.close()
 
 
+async def test_a_postgres_batch_delete_if_deletes_what_the_write_of_its_guard_wrote() -> None:
+    # The deletion read its rows as they were when it started: the guard it waited for was
+    # then written, along with "k", by the write it waited for; it saw the guard hold, and
+    # said so, but did not see "k", which stayed.
+    import psycopg
+
+    dsn = server_address("postgres")
+    table = f"kv_{uuid.uuid4().hex}"
+    store = ar.PostgresBackend(dsn, table=table)
+    await store.batch_save({"g": b"old", "z": b"1"})
+    holder = await psycopg.AsyncConnection.connect(dsn)
+    watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        await holder.execute(f'SELECT 1 FROM "{table}" WHERE key = %s FOR UPDATE', [b"z"])
+        write = asyncio.ensure_future(store.batch_save_if("z", b"1", {"g": b"new", "k": b"x"}))
+        await waiting_for_a_lock(watch, table, 1)  # it holds its advisory locks, g's too
+        deletion = asyncio.ensure_future(store.batch_delete_if("g", b"new", ["k"]))
+        await waiting_for_a_lock(watch, table, 2)
+        await holder.commit()
+        assert await write is True
+        assert await deletion is True
+        assert await store.batch_load(["g", "k", "z"]) == {"g": b"new", "z": b"1"}
+    finally:
+        await holder.close()
+        await watch.close()
+        await store._execute(None, f'DROP TABLE IF EXISTS "{table}"', [])
+        await store.close()
+
+
 async def test_a_redis_batch_load_is_one_moment_of_its_keys() -> None:
     # Keys MGET found missing were read again one by one when one had been written since:
     # a read mixed batches (`{"b": ...}` alone, values of two batches) never stored so.

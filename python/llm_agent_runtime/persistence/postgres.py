@@ -20,7 +20,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from llm_agent_runtime._cancelling import cancellations_so_far
 from llm_agent_runtime._copies import Unshared
@@ -95,6 +95,20 @@ def _locked_rows(table: str) -> str:
         f"locked AS MATERIALIZED (SELECT key, value FROM {table} "
         "WHERE key = ANY(%s) AND (SELECT n FROM stripes) > 0 ORDER BY key FOR UPDATE)"
     )
+
+
+class _AfterLocks(NamedTuple):
+    """A statement run after `locks`, in one transaction (and one round trip).
+
+    In READ COMMITTED, a statement reads the rows committed when it started: one that waits
+    for a lock, then reads what the lock's holder changed, mixes two moments. The
+    statement run after the locks are held reads a snapshot taken once nothing it depends on
+    can change any more.
+    """
+
+    locks: str
+    locks_params: Sequence[Any]
+    statement: str
 
 
 @functools.lru_cache(maxsize=256)
@@ -600,9 +614,15 @@ class PostgresBackend(Unshared):
         await self.close()
 
     async def _execute(
-        self, key: str | None, query: str, params: Sequence[Any], batch: bool = False
+        self,
+        key: str | None,
+        query: str | _AfterLocks,
+        params: Sequence[Any],
+        batch: bool = False,
     ) -> list[Any]:
         """Runs one statement (atomic on its own: autocommit) and returns its rows.
+
+        An `_AfterLocks` query runs as one transaction: its locks, then its statement.
 
         Raises:
             PersistenceError: Naming `key`, when the statement fails or does not end within
@@ -669,7 +689,7 @@ class PostgresBackend(Unshared):
         return await self._open_pool(deadline)
 
     async def _statement_unlocked(
-        self, state: _LoopPool, pool: Any, query: str, params: Sequence[Any]
+        self, state: _LoopPool, pool: Any, query: str | _AfterLocks, params: Sequence[Any]
     ) -> list[Any]:
         """`_statement`, run again when the server aborted it as one of a deadlock.
 
@@ -699,7 +719,7 @@ class PostgresBackend(Unshared):
         self,
         state: _LoopPool,
         pool: Any,
-        query: str,
+        query: str | _AfterLocks,
         params: Sequence[Any],
         deadline: float | None = None,
     ) -> list[Any]:
@@ -841,9 +861,10 @@ class PostgresBackend(Unshared):
     ) -> bool:
         """Deletes every key of `keys` only if `guard_key` holds `guard_value`, in one statement.
 
-        Returns whether the guard held. It takes its locks as `batch_save_if` does: a
+        Returns whether the guard held. It takes its locks as `batch_save_if` does, in a
+        statement of their own, then checks the guard and deletes in one transaction: a
         concurrent write of the guard waits for it, or, committed first, is what the check
-        sees.
+        and the deletion see.
         """
         guard = check_items({check_key(guard_key): guard_value})[guard_key]
         wanted = check_keys(keys)
@@ -851,17 +872,23 @@ class PostgresBackend(Unshared):
             return await self.load(guard_key) == guard
         encoded = _encode_keys(wanted)
         guard_encoded = encode_key(guard_key)
+        locked = sorted({guard_encoded, *encoded})
+        locks = [self._stripes_class, _stripes(locked), locked]
         # Read twice, the guard's query is run once (materialized), after the locks: the
-        # deletion and the answer see the same check.
-        query = (
+        # deletion and the answer see the same check. The locks are taken first, by a
+        # statement of their own: a deletion that waited for them, then saw the guard its
+        # holder wrote, deleted only the rows that were there before it waited, and left
+        # one the holder had written with the guard (see `_AfterLocks`).
+        query = _AfterLocks(
+            f"WITH {_locked_rows(self._table)} SELECT count(*) FROM locked",
+            locks,
             f"WITH {_locked_rows(self._table)}, "
             "guard AS (SELECT 1 FROM locked WHERE key = %s AND value = %s), "
             f"gone AS (DELETE FROM {self._table} WHERE key = ANY(%s) "
             "AND EXISTS (SELECT 1 FROM guard)) "
-            "SELECT EXISTS (SELECT 1 FROM guard)"
+            "SELECT EXISTS (SELECT 1 FROM guard)",
         )
-        locked = sorted({guard_encoded, *encoded})
-        params = [self._stripes_class, _stripes(locked), locked, guard_encoded, guard, encoded]
+        params = [*locks, guard_encoded, guard, encoded]
         rows = await self._execute(guard_key, query, params)
         return bool(rows[0][0])
 
@@ -1049,9 +1076,32 @@ def _closed_by_server(conn: Any) -> bool:
     return bool(conn.closed)
 
 
-async def _rows(conn: Any, query: str, params: Sequence[Any]) -> list[Any]:
-    """Runs one statement on `conn`; returns its rows (none for a statement without)."""
-    cursor = await conn.execute(query, params)
+async def _rows(conn: Any, query: str | _AfterLocks, params: Sequence[Any]) -> list[Any]:
+    """Runs one statement on `conn`; returns its rows (none for a statement without).
+
+    An `_AfterLocks` runs as one transaction, sent at once (a pipeline): its rows are the
+    statement's.
+    """
+    if isinstance(query, _AfterLocks):
+        # BEGIN and COMMIT by hand: `conn.transaction()` waits for each in turn, a round
+        # trip each (twice the time of the whole pipeline).
+        try:
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                await conn.execute(query.locks, query.locks_params)
+                cursor = await conn.execute(query.statement, params)
+                await conn.execute("COMMIT")
+        except BaseException:  # a cancellation (a timeout's) too, as `conn.transaction()`
+            from psycopg.pq import TransactionStatus
+
+            # The server skipped the rest, COMMIT included: the failed transaction ends here,
+            # not with a warning from the pool (which drops a connection closed or busy).
+            status = conn.info.transaction_status
+            if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                await conn.rollback()
+            raise
+    else:
+        cursor = await conn.execute(query, params)
     return await cursor.fetchall() if cursor.description else []
 
 
