@@ -84,10 +84,10 @@ def _locked_rows(table: str) -> str:
     `locked` then reads the existing rows of the next parameter's (sorted) keys, locking
     each (`FOR UPDATE`) in that order as the statement reads it: up to the guard's, which
     the statement checks. Statements of one row take no advisory lock: they hold nothing
-    as they wait. A plain batch takes none either (it would cost a checkpoint a tenth more):
-    it writes its rows in the order of their keys, but may still meet a guarded write that
-    inserts a row before its guard's in that order; the server then aborts one of the two,
-    which runs again (see `_statement_unlocked`).
+    as they wait. A plain batch takes none either (they made a checkpointed step a sixth
+    slower): it writes its rows in the order of their keys, but may still meet a guarded
+    write that inserts a row before its guard's in that order; the server then aborts one
+    of the two, which runs again (see `_statement_unlocked`).
     """
     return (
         "stripes AS MATERIALIZED (SELECT count(*) AS n FROM "
