@@ -18,6 +18,7 @@ ALL_ERRORS = [
     ar.PersistenceError,
     ar.PolicyDeniedError,
     ar.ProviderError,
+    ar.RateLimitExceededError,
     ar.ToolError,
 ]
 
@@ -63,6 +64,10 @@ def test_attributes_and_messages() -> None:
     parse = ar.ParseError("expected 'Action:'", position=7)
     assert parse.position == 7 and "(at index 7)" in str(parse)
     assert ar.ToolError("boom", tool="calc").tool == "calc"
+    limited = ar.RateLimitExceededError(wait=2.5, max_wait=1.0)
+    assert (limited.wait, limited.max_wait) == (2.5, 1.0)
+    assert str(limited) == "the rate limit would hold this call 2.5 s, past its max_wait of 1 s"
+    assert isinstance(limited, TimeoutError) and limited.errno is None
 
 
 @pytest.mark.parametrize(
@@ -74,6 +79,7 @@ def test_attributes_and_messages() -> None:
         ar.PersistenceError("bad", key="k"),
         ar.ParseError("bad", position=3),
         ar.ToolError("bad", tool="t"),
+        ar.RateLimitExceededError(0.25, 0.1),
     ],
 )
 def test_errors_pickle_round_trip(err: ar.AgentRuntimeError) -> None:

@@ -562,7 +562,7 @@ async def test_a_caller_past_its_max_wait_is_refused_at_once_and_takes_nothing()
     await queue.arrive("a")  # due at t = 1
     await queue.arrive("b")  # due at t = 2
     before = limiter.tokens("k")
-    with pytest.raises(TimeoutError, match=r"hold this call 3 s, past its max_wait of 2.5 s"):
+    with pytest.raises(ar.RateLimitExceededError, match=r"hold this call 3 s, past its max_wait"):
         await limiter.acquire("k", max_wait=2.5)
     assert limiter.tokens("k") == before == -2.0  # nothing reserved: no one behind moved back
     served = asyncio.create_task(limiter.acquire("k", max_wait=3.0))  # due at t = 3: within
@@ -578,7 +578,7 @@ async def test_a_caller_past_its_max_wait_is_refused_at_once_and_takes_nothing()
 async def test_max_wait_zero_takes_only_what_the_bucket_holds_and_none_is_no_limit() -> None:
     limiter = ar.RateLimiter(rate=1.0, capacity=2.0, clock=ar.FakeClock())
     await limiter.acquire("k", 2.0, max_wait=0)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(ar.RateLimitExceededError):
         await limiter.acquire("k", 1.0, max_wait=0)
     await limiter.acquire("k", 1.0, max_wait=None)  # waits its second
     for bad in (-1.0, math.nan, True, "1"):
@@ -606,7 +606,7 @@ async def test_shared_limiter_refuses_a_caller_past_its_max_wait_without_taking(
                 try:
                     await limiter.acquire("k", max_wait=0.15)
                     granted += 1
-                except TimeoutError:
+                except ar.RateLimitExceededError:
                     refused += 1
                     await asyncio.sleep(0.01)
 

@@ -40,6 +40,7 @@ from llm_agent_runtime.errors import (
     PipelineStageError,
     PolicyDeniedError,
     ProviderError,
+    RateLimitExceededError,
     ToolError,
 )
 from llm_agent_runtime.events import (
@@ -281,6 +282,7 @@ __all__ = [
     "PolicyDeniedError",
     "PostgresBackend",
     "ProviderError",
+    "RateLimitExceededError",
     "RateLimiter",
     "ReActStep",
     "RecallPolicy",

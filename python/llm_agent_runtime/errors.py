@@ -86,6 +86,31 @@ class BackpressureShedError(AgentRuntimeError):
         return f"backpressure: shed request at depth {self.depth} (capacity {self.capacity})"
 
 
+class RateLimitExceededError(AgentRuntimeError, TimeoutError):
+    """A rate limiter refused a call at once: its wait for tokens would pass its `max_wait`.
+
+    Nothing was taken from the bucket. A `TimeoutError` too (the call's time ran out before
+    it could start), as it was before it had a type of its own.
+    """
+
+    def __init__(self, wait: float, max_wait: float) -> None:
+        self.wait = wait
+        """Seconds the call would have waited for its tokens."""
+        self.max_wait = max_wait
+        """The longest wait the caller allowed, in seconds."""
+        # One argument: OSError (TimeoutError's base) reads two as (errno, strerror).
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"the rate limit would hold this call {self.wait:.3g} s, "
+            f"past its max_wait of {self.max_wait:g} s"
+        )
+
+    def __reduce__(self) -> tuple[type[RateLimitExceededError], tuple[float, float]]:
+        return type(self), (self.wait, self.max_wait)
+
+
 class AgentLoopError(AgentRuntimeError):
     """The agent loop cannot continue (unparseable model output, loop timeout, ...)."""
 

@@ -8,6 +8,7 @@ import math
 from collections.abc import Hashable
 
 from llm_agent_runtime._copies import CopiedWhole
+from llm_agent_runtime.errors import RateLimitExceededError
 from llm_agent_runtime.orchestration._checks import check_real, safe_repr
 from llm_agent_runtime.orchestration.clock import Clock, checked_clock
 
@@ -499,7 +500,8 @@ class RateLimiter(CopiedWhole):
         Raises:
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
                 included); `max_wait` is negative or not a number.
-            TimeoutError: The wait would be longer than `max_wait` (nothing was taken).
+            RateLimitExceededError: The wait would be longer than `max_wait` (nothing was
+                taken); a `TimeoutError` too.
         """
         tokens = self._check(tokens)
         limit = _checked_max_wait(max_wait)
@@ -514,7 +516,7 @@ class RateLimiter(CopiedWhole):
         wait = -level / self._rate
         if wait > limit:
             self._buckets[key] = (available, now)
-            raise TimeoutError(_too_long(wait, limit))
+            raise RateLimitExceededError(wait, limit)
         self._buckets[key] = (level, now)
         # What its tokens moved the waiters behind back by: a rate set while it waits
         # changes no one's time (they keep theirs), so neither does its refund.
@@ -559,8 +561,3 @@ def _checked_max_wait(max_wait: object) -> float:
     if not seconds >= 0:  # NaN fails too
         raise ValueError(f"max_wait must be >= 0 seconds or None, got {seconds}")
     return seconds
-
-
-def _too_long(wait: float, limit: float) -> str:
-    """The message of a caller refused for a wait past its `max_wait`."""
-    return f"the rate limit would hold this call {wait:.3g} s, past its max_wait of {limit:g} s"

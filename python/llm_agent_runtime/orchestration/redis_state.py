@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from llm_agent_runtime._copies import Unshared
 from llm_agent_runtime._redis import redis_client
-from llm_agent_runtime.errors import PersistenceError
+from llm_agent_runtime.errors import PersistenceError, RateLimitExceededError
 from llm_agent_runtime.orchestration._calls import call_maybe_async, keep_alive
 from llm_agent_runtime.orchestration._checks import check_real, check_seconds
 from llm_agent_runtime.orchestration.circuit_breaker import CLOSED, CircuitState
@@ -27,7 +27,6 @@ from llm_agent_runtime.orchestration.dedup import _cycle_repr, _key_repr
 from llm_agent_runtime.orchestration.rate_limit import (
     _checked_bucket,
     _checked_max_wait,
-    _too_long,
     _Waiter,
     _WaitingRoom,
     owed,
@@ -828,7 +827,8 @@ class RedisRateLimiter(Unshared):
             TypeError: `key` is not a str (part of a Redis key).
             ValueError: `tokens` is not in (0, capacity], or is not a number (a bool
                 included); `max_wait` is negative or not a number.
-            TimeoutError: The wait would be longer than `max_wait` (nothing was taken).
+            RateLimitExceededError: The wait would be longer than `max_wait` (nothing was
+                taken); a `TimeoutError` too.
             PersistenceError: Redis failed.
         """
         _check_name("key", key)
@@ -843,7 +843,7 @@ class RedisRateLimiter(Unshared):
         try:
             reply = await self._take(bucket, key, tokens, 1, limit)
             if not reply.granted:
-                raise TimeoutError(_too_long(reply.wait, limit))
+                raise RateLimitExceededError(reply.wait, limit)
             now = SYSTEM_CLOCK.now()
             waiter.seq = reply.seq
             # Less the refunds that landed while its command was out.
