@@ -58,6 +58,8 @@ def test_version_prints_the_installed_version(form: str) -> None:
         (["bogus"], "invalid choice: 'bogus'"),
         (["version", "extra"], "unrecognized arguments: extra"),
         (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--verison"], "unrecognized arguments: --verison"),  # not "command is required"
+        (["--bogus", "demo"], "unrecognized arguments: --bogus"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_usage_and_the_reason(

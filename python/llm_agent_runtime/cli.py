@@ -100,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
         description="A fast, dependable runtime for LLM agents (Rust core, Python async API).",
     )
     parser.add_argument("--version", action="version", version=_version())
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    # Required, but checked in `_run`: argparse checks a required command before it names
+    # an unknown flag, so `--verison` alone was refused as a missing command.
+    commands = parser.add_subparsers(dest="command", metavar="command")
     commands.add_parser(
         "demo",
         help="run the bundled agent demo",
@@ -147,7 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("the following arguments are required: command")
     if args.command == "version":
         print(_version())
         return 0
