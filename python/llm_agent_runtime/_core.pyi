@@ -570,7 +570,8 @@ class VectorIndex:
     duplicates of each other (cosine about 0.999) need a longer shortlist: rescore=32.
 
     With originals_path (int8), the float32 copies used for exact re-scoring live in that file
-    instead of memory: memory is a quarter of float32's. The file belongs to the process that
+    instead of memory: memory is a quarter of float32's. The file is the index's own: one
+    already at that path is emptied (as load writes the copies there anew). The file belongs to the process that
     opened it: in a fork()ed child (a multiprocessing "fork" worker) every use of the copies
     (add, remove, get, search, save) raises PersistenceError, as parent and child would share
     the file's rows and each one's writes would change the other's index; load the index
