@@ -859,7 +859,7 @@ class PostgresBackend(Unshared):
     async def batch_delete_if(
         self, guard_key: str, guard_value: bytes, keys: Sequence[str]
     ) -> bool:
-        """Deletes every key of `keys` only if `guard_key` holds `guard_value`, in one statement.
+        """Deletes every key of `keys` only if `guard_key` holds `guard_value`, in one transaction.
 
         Returns whether the guard held. It takes its locks as `batch_save_if` does, in a
         statement of their own, then checks the guard and deletes in one transaction: a
@@ -1098,7 +1098,10 @@ async def _rows(conn: Any, query: str | _AfterLocks, params: Sequence[Any]) -> l
             # not with a warning from the pool (which drops a connection closed or busy).
             status = conn.info.transaction_status
             if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-                await conn.rollback()
+                # The error (or cancellation) is what the caller gets: a connection left
+                # broken by a failed rollback, the pool drops.
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
             raise
     else:
         cursor = await conn.execute(query, params)
