@@ -233,6 +233,44 @@ async def test_a_deletion_cut_short_is_finished_by_the_next_one(
     assert await backend.list_keys("session:x") == []
 
 
+class DiesAtItsClaimsTakeover(Delegating):
+    """The backend of a deletion whose process dies once it wrote the takeover key of its own
+    claim (`<claim>:<digest>`), its last step: nothing it writes after lands."""
+
+    def __init__(self, inner: ar.PersistenceBackend) -> None:
+        super().__init__(inner)
+        self.dead = False
+
+    def _write(self) -> None:
+        if self.dead:
+            raise RuntimeError("the process died")
+
+    async def save_new(self, key: str, value: bytes) -> bool:
+        self._write()
+        written = bool(await self.inner.save_new(key, value))
+        self.dead = ":run:" in key and key.count(":") > 3
+        return written
+
+    async def delete(self, key: str) -> bool:
+        self._write()
+        return bool(await self.inner.delete(key))
+
+
+async def test_a_deletion_that_died_taking_its_claim_back_is_finished_by_one_more(
+    backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next deletion deleted the dead one's takeover key only, and said nothing was
+    # saved: the claim stayed until a call after it.
+    await finished(backend)
+    with pytest.raises(ar.PersistenceError, match="died"):
+        await CheckpointStore(DiesAtItsClaimsTakeover(backend)).delete_session("s")
+    left = await backend.list_keys("session:s")
+    assert len(left) == 2 and all(":run:" in key for key in left)  # the claim, its takeover
+    an_hour_later(monkeypatch)
+    assert await runtime_on(backend).delete_session("s") is False  # no record of it left
+    assert await backend.list_keys("session:s") == []
+
+
 async def test_an_incomplete_fork_is_deleted_once_old(
     backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

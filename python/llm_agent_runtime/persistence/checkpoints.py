@@ -1370,14 +1370,20 @@ class CheckpointStore:
         insert-if-absent) deletes it, then the key: two deleting it at once (a read, then a
         delete) would delete a run's claim made between them. A takeover key older than
         `_GRACE_SECONDS` is one whose writer ended before it deleted the key: it is deleted,
-        and the next call takes the claim over.
+        and the claim taken over then (a deletion of the session that found nothing else
+        left both behind).
         """
         takeover = f"{claim}:{_digest(raw)}"
         mine = _encode("claim", {"takeover": uuid.uuid4().hex, "at": time.time()})
-        if not await self._save_if_absent(takeover, mine):
+        for _ in range(3):  # the key gone (its writer's, or outlived and deleted): again
+            if await self._save_if_absent(takeover, mine):
+                break
             held = await self.backend.load(takeover)
-            if held is not None and _outlived(decode(held, takeover), "at"):
-                await self._delete_if(takeover, held)
+            if held is not None and not (
+                _outlived(decode(held, takeover), "at") and await self._delete_if(takeover, held)
+            ):
+                return False  # a live caller's, or another caller deleted it first
+        else:
             return False
         try:
             return await self._delete_if(claim, raw)
