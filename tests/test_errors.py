@@ -68,6 +68,8 @@ def test_attributes_and_messages() -> None:
     assert (limited.wait, limited.max_wait) == (2.5, 1.0)
     assert str(limited) == "the rate limit would hold this call 2.5 s, past its max_wait of 1 s"
     assert isinstance(limited, TimeoutError) and limited.errno is None
+    limited.add_note("while calling the search API")
+    assert pickle.loads(pickle.dumps(limited)).__notes__ == ["while calling the search API"]
 
 
 @pytest.mark.parametrize(

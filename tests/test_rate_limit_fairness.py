@@ -621,3 +621,21 @@ async def test_shared_limiter_refuses_a_caller_past_its_max_wait_without_taking(
         await a.client.delete(a.redis_key("k"))
         await a.close()
         await b.close()
+
+
+async def test_a_refusal_past_max_wait_is_retried_by_a_default_retry_policy() -> None:
+    # A refusal was a bare TimeoutError, which `default_retry_on` retries; typed as an
+    # AgentRuntimeError, it was no longer retried.
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=1.0, capacity=1.0, clock=clock)
+    await limiter.acquire("k")  # the bucket is empty: the next token comes in a second
+    calls = 0
+
+    async def limited() -> int:
+        nonlocal calls
+        calls += 1
+        await limiter.acquire("k", max_wait=0)
+        return calls
+
+    retry = ar.RetryPolicy(max_attempts=3, base_delay=1.0, jitter=False, clock=clock)
+    assert await retry.run(limited) == 2  # refused, then granted a second later

@@ -184,6 +184,13 @@ class Notes:
         return [Note(f"{agent_id} likes tea")][:limit]
 
 
+class Counted:
+    """A graph of the application's own, counting with numpy."""
+
+    def entity_count(self) -> np.int64:
+        return np.int64(3)
+
+
 class Where:
     """A path object of the application's own."""
 
@@ -246,6 +253,9 @@ async def main() -> None:
     stored.memory = Notes()
     recalled = await stored.run_agent_with_provider("a", "q", ChatOnly())
     assert recalled.memory_hits == 1 and recalled.graph_entity_count == 1
+    stored.graph = Counted()
+    counted = await stored.run_agent_with_provider("a", "q", ChatOnly())
+    assert counted.graph_entity_count == 3
     backend = SixMethods()
     durable = ar.AgentRuntime(checkpoint_backend=backend)
     saved = await durable.run_agent_with_provider("a", "q", ChatOnly())

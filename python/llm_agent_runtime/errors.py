@@ -26,7 +26,7 @@ catches the same class whichever side raised it. A panic inside the Rust core su
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llm_agent_runtime.providers.base import Usage
@@ -107,8 +107,11 @@ class RateLimitExceededError(AgentRuntimeError, TimeoutError):
             f"past its max_wait of {self.max_wait:g} s"
         )
 
-    def __reduce__(self) -> tuple[type[RateLimitExceededError], tuple[float, float]]:
-        return type(self), (self.wait, self.max_wait)
+    def __reduce__(
+        self,
+    ) -> tuple[type[RateLimitExceededError], tuple[float, float], dict[str, Any]]:
+        # Its `__dict__` too: notes (`add_note`) and attributes set since go with it.
+        return type(self), (self.wait, self.max_wait), self.__dict__
 
 
 class AgentLoopError(AgentRuntimeError):

@@ -25,7 +25,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import FunctionType, MethodType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, cast, get_args
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    NamedTuple,
+    Protocol,
+    SupportsIndex,
+    TypeVar,
+    cast,
+    get_args,
+)
 
 from pydantic import ValidationError
 
@@ -170,8 +180,8 @@ class SupportsToPrompt(Protocol):
 class SupportsEntityCount(Protocol):
     """A knowledge graph whose size runs record (`GraphStore` is one)."""
 
-    def entity_count(self) -> int:
-        """How many entities it holds."""
+    def entity_count(self) -> SupportsIndex:
+        """How many entities it holds: an int, or an integer such as numpy's."""
         ...
 
 

@@ -271,6 +271,63 @@ async def test_a_deletion_that_died_taking_its_claim_back_is_finished_by_one_mor
     assert await backend.list_keys("session:s") == []
 
 
+class PausedAt(Delegating):
+    """The backend, but the first delete or guarded write of each key of `keys` waits for
+    its `go[key]` (after setting its `reached[key]`)."""
+
+    def __init__(self, inner: ar.PersistenceBackend, *keys: str) -> None:
+        super().__init__(inner)
+        self.reached = {key: asyncio.Event() for key in keys}
+        self.go = {key: asyncio.Event() for key in keys}
+        self._waiting = set(keys)
+
+    async def _pause(self, key: str) -> None:
+        if key in self._waiting:
+            self._waiting.discard(key)
+            self.reached[key].set()
+            await self.go[key].wait()
+
+    async def delete(self, key: str) -> bool:
+        await self._pause(key)
+        return bool(await self.inner.delete(key))
+
+    async def batch_save_if(
+        self, guard_key: str, guard_value: bytes, items: dict[str, bytes]
+    ) -> bool:
+        await self._pause(guard_key)
+        return bool(await self.inner.batch_save_if(guard_key, guard_value, items))
+
+
+async def test_two_calls_meeting_an_outlived_takeover_key_take_the_claim_over_once(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Each deleted the outlived key, then wrote its own: the second's delete, of the key it
+    # had read, deleted the first's. Both took the claim over, and the second deleted the
+    # claim a run made once the first had deleted the stranded one.
+    claim = "session:s:run:3"
+    raw = checkpoints._encode("claim", {"sweep": "gone", "at": time.time() - 3600})
+    takeover = f"{claim}:{checkpoints._digest(raw)}"
+    await backend.save(claim, raw)
+    await backend.save(takeover, checkpoints._encode("claim", {"at": time.time() - 3600}))
+    first, second = PausedAt(backend, claim), PausedAt(backend, takeover, claim)
+    second_call = asyncio.ensure_future(CheckpointStore(second)._drop_claim(claim, raw))
+    await second.reached[takeover].wait()  # it read the outlived key
+    first_call = asyncio.ensure_future(CheckpointStore(first)._drop_claim(claim, raw))
+    await first.reached[claim].wait()  # it took the claim over
+    second.go[takeover].set()
+    reached_claim = asyncio.ensure_future(second.reached[claim].wait())
+    await asyncio.wait([second_call, reached_claim], return_when=asyncio.FIRST_COMPLETED)
+    reached_claim.cancel()
+    first.go[claim].set()
+    assert await first_call is True
+    fresh = checkpoints._encode("claim", {"run": "fresh", "at": time.time()})
+    assert await backend.save_new(claim, fresh) is True  # a run claims the step
+    second.go[claim].set()
+    assert await second_call is False
+    assert await backend.load(claim) == fresh
+    assert await backend.list_keys(f"{claim}:") == []
+
+
 async def test_an_incomplete_fork_is_deleted_once_old(
     backend: ar.PersistenceBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,6 +19,7 @@ from llm_agent_runtime.errors import (
     CircuitOpenError,
     PolicyDeniedError,
     ProviderError,
+    RateLimitExceededError,
     group_leaves,
     stage_error,
 )
@@ -65,11 +66,13 @@ def _never_retried_in(error: BaseException) -> bool:
 def default_retry_on(error: BaseException) -> bool:
     """Retries retryable provider errors, timeouts and connection errors; nothing else.
 
-    A timeout is the builtin `TimeoutError` (which `asyncio.TimeoutError` is).
+    A timeout is the builtin `TimeoutError` (which `asyncio.TimeoutError` is), a rate
+    limiter's refusal past `max_wait` (`RateLimitExceededError`) included: the next attempt
+    may find tokens.
     """
     if isinstance(error, ProviderError):
         return error.retryable
-    if isinstance(error, AgentRuntimeError):
+    if isinstance(error, AgentRuntimeError) and not isinstance(error, RateLimitExceededError):
         return False
     return isinstance(error, (TimeoutError, ConnectionError))
 

@@ -1369,26 +1369,31 @@ class CheckpointStore:
         Only the one that writes its takeover key (`<claim>:<digest of raw>`,
         insert-if-absent) deletes it, then the key: two deleting it at once (a read, then a
         delete) would delete a run's claim made between them. A takeover key older than
-        `_GRACE_SECONDS` is one whose writer ended before it deleted the key: it is deleted,
-        and the claim taken over then (a deletion of the session that found nothing else
-        left both behind).
+        `_GRACE_SECONDS` is one whose writer ended before it deleted the key: it is replaced
+        (a write guarded by the record read, so that one caller of two does), and the claim
+        taken over then (a deletion of the session that found nothing else left both
+        behind). Deleted, then written again, the key of a caller that had just written it
+        was deleted by another that had read the old one: both took the claim over.
         """
         takeover = f"{claim}:{_digest(raw)}"
         mine = _encode("claim", {"takeover": uuid.uuid4().hex, "at": time.time()})
-        for _ in range(3):  # the key gone (its writer's, or outlived and deleted): again
+        for _ in range(3):  # the key deleted by its writer between the two reads: again
             if await self._save_if_absent(takeover, mine):
                 break
             held = await self.backend.load(takeover)
-            if held is not None and not (
-                _outlived(decode(held, takeover), "at") and await self._delete_if(takeover, held)
+            if held is None:
+                continue
+            if _outlived(decode(held, takeover), "at") and await self._save_guarded(
+                takeover, held, {takeover: mine}
             ):
-                return False  # a live caller's, or another caller deleted it first
+                break
+            return False  # a live caller's, or another caller replaced it first
         else:
             return False
         try:
             return await self._delete_if(claim, raw)
         finally:
-            await self.backend.delete(takeover)
+            await self._delete_if(takeover, mine)
 
     async def _delete_if(self, key: str, raw: bytes) -> bool:
         """Deletes `key` if it still holds `raw`; returns whether it did.
