@@ -1,6 +1,7 @@
 """One conformance suite run against every persistence backend."""
 
 import asyncio
+import contextlib
 import contextvars
 import fcntl
 import gc
@@ -1342,6 +1343,30 @@ async def test_postgres_guarded_writes_whose_rows_cross_meet_without_deadlock() 
         await store.close()
 
 
+@contextlib.asynccontextmanager
+async def a_postgres_row_held(
+    rows: dict[str, bytes], key: str
+) -> AsyncIterator[tuple[ar.PostgresBackend, Any, Any]]:
+    """A backend on a new PostgreSQL table holding `rows`; a connection in a transaction that
+    holds row `key` locked (its `commit` lets it go); and one to watch the locks with."""
+    import psycopg
+
+    dsn = server_address("postgres")
+    store = ar.PostgresBackend(dsn, table=f"kv_{uuid.uuid4().hex}")
+    await store.batch_save(rows)
+    holder = await psycopg.AsyncConnection.connect(dsn)
+    watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        locking = f"SELECT 1 FROM {store._table} WHERE key = %s FOR UPDATE"
+        await holder.execute(locking, [key.encode()])
+        yield store, holder, watch
+    finally:
+        await holder.close()
+        await watch.close()
+        await store._execute(None, f"DROP TABLE IF EXISTS {store._table}", [])
+        await store.close()
+
+
 async def test_postgres_guarded_writes_of_a_row_one_did_not_see_meet_without_deadlock(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1349,61 +1374,33 @@ async def test_postgres_guarded_writes_of_a_row_one_did_not_see_meet_without_dea
     # its guard "b", then inserted "a", which it had not found. Another, guarded by "0", had
     # inserted "a" meanwhile and waited for "b": a cycle, which the server broke a second
     # later by aborting one of them.
-    import psycopg
-
     from llm_agent_runtime.persistence import postgres
 
     monkeypatch.setattr(postgres, "_DEADLOCK_ATTEMPTS", 1)  # an aborted statement raises
-    dsn = server_address("postgres")
-    table = f"kv_{uuid.uuid4().hex}"
-    store = ar.PostgresBackend(dsn, table=table)
-    await store.batch_save({"0": b"1", "b": b"1"})
-    holder = await psycopg.AsyncConnection.connect(dsn)
-    watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    try:
-        await holder.execute(f'SELECT 1 FROM "{table}" WHERE key = %s FOR UPDATE', [b"b"])
+    async with a_postgres_row_held({"0": b"1", "b": b"1"}, "b") as (store, holder, watch):
         first = asyncio.ensure_future(store.batch_save_if("b", b"1", {"a": b"first"}))
-        await waiting_for_a_lock(watch, table, 1)
+        await waiting_for_a_lock(watch, store.table, 1)
         second = asyncio.ensure_future(store.batch_save_if("0", b"1", {"a": b"2", "b": b"1"}))
-        await waiting_for_a_lock(watch, table, 2)
+        await waiting_for_a_lock(watch, store.table, 2)
         await holder.commit()
         assert await first is True
         assert await second is True
         assert await store.batch_load(["a", "b"]) == {"a": b"2", "b": b"1"}
-    finally:
-        await holder.close()
-        await watch.close()
-        await store._execute(None, f'DROP TABLE IF EXISTS "{table}"', [])
-        await store.close()
 
 
 async def test_a_postgres_batch_delete_if_deletes_what_the_write_of_its_guard_wrote() -> None:
     # The deletion read its rows as they were when it started: the guard it waited for was
     # then written, along with "k", by the write it waited for; it saw the guard hold, and
     # said so, but did not see "k", which stayed.
-    import psycopg
-
-    dsn = server_address("postgres")
-    table = f"kv_{uuid.uuid4().hex}"
-    store = ar.PostgresBackend(dsn, table=table)
-    await store.batch_save({"g": b"old", "z": b"1"})
-    holder = await psycopg.AsyncConnection.connect(dsn)
-    watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    try:
-        await holder.execute(f'SELECT 1 FROM "{table}" WHERE key = %s FOR UPDATE', [b"z"])
+    async with a_postgres_row_held({"g": b"old", "z": b"1"}, "z") as (store, holder, watch):
         write = asyncio.ensure_future(store.batch_save_if("z", b"1", {"g": b"new", "k": b"x"}))
-        await waiting_for_a_lock(watch, table, 1)  # it holds its advisory locks, g's too
+        await waiting_for_a_lock(watch, store.table, 1)  # it holds its advisory locks, g's too
         deletion = asyncio.ensure_future(store.batch_delete_if("g", b"new", ["k"]))
-        await waiting_for_a_lock(watch, table, 2)
+        await waiting_for_a_lock(watch, store.table, 2)
         await holder.commit()
         assert await write is True
         assert await deletion is True
         assert await store.batch_load(["g", "k", "z"]) == {"g": b"new", "z": b"1"}
-    finally:
-        await holder.close()
-        await watch.close()
-        await store._execute(None, f'DROP TABLE IF EXISTS "{table}"', [])
-        await store.close()
 
 
 async def test_a_redis_batch_load_is_one_moment_of_its_keys() -> None:
