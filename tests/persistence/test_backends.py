@@ -1345,14 +1345,15 @@ async def test_postgres_guarded_writes_whose_rows_cross_meet_without_deadlock() 
 
 @contextlib.asynccontextmanager
 async def a_postgres_row_held(
-    rows: dict[str, bytes], key: str
+    rows: dict[str, bytes], key: str, **options: Any
 ) -> AsyncIterator[tuple[ar.PostgresBackend, Any, Any]]:
-    """A backend on a new PostgreSQL table holding `rows`; a connection in a transaction that
-    holds row `key` locked (its `commit` lets it go); and one to watch the locks with."""
+    """A backend (given `options`) on a new PostgreSQL table holding `rows`; a connection in
+    a transaction that holds row `key` locked (its `commit` lets it go); and one to watch
+    the locks with."""
     import psycopg
 
     dsn = server_address("postgres")
-    store = ar.PostgresBackend(dsn, table=f"kv_{uuid.uuid4().hex}")
+    store = ar.PostgresBackend(dsn, table=f"kv_{uuid.uuid4().hex}", **options)
     await store.batch_save(rows)
     holder = await psycopg.AsyncConnection.connect(dsn)
     watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
@@ -1401,6 +1402,27 @@ async def test_a_postgres_batch_delete_if_deletes_what_the_write_of_its_guard_wr
         assert await write is True
         assert await deletion is True
         assert await store.batch_load(["g", "k", "z"]) == {"g": b"new", "z": b"1"}
+
+
+async def test_a_postgres_batch_delete_if_timed_out_or_cancelled_leaves_its_connection_idle(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its transaction (the locks, then the deletion) stopped midway: rolled back there, the
+    # connection goes back to the pool idle, with no warning from the pool, and serves on.
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
+    held = a_postgres_row_held({"g": b"1", "k": b"2"}, "k", timeout=0.5, max_size=1)
+    async with held as (store, holder, _):
+        with pytest.raises(ar.PersistenceError, match="did not answer within"):
+            await store.batch_delete_if("g", b"1", ["k"])
+        cancelled = asyncio.ensure_future(store.batch_delete_if("g", b"1", ["k"]))
+        await asyncio.sleep(0.2)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await holder.rollback()
+        assert await store.batch_delete_if("g", b"1", ["k"]) is True
+        assert await store.batch_load(["g", "k"]) == {"g": b"1"}
+    assert not [r for r in caplog.records if r.name == "psycopg.pool"], caplog.text
 
 
 async def test_a_redis_batch_load_is_one_moment_of_its_keys() -> None:
