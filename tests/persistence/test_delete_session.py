@@ -285,7 +285,7 @@ class PausedAt(Delegating):
         if key in self._waiting:
             self._waiting.discard(key)
             self.reached[key].set()
-            await self.go[key].wait()
+            await asyncio.wait_for(self.go[key].wait(), 10)
 
     async def delete(self, key: str) -> bool:
         await self._pause(key)
