@@ -1349,7 +1349,7 @@ class AgentRuntime(Unshared):
             deadline = None if timeout is None else started + timeout / 1000
             events = self.events
             callbacks_token = RUN_CALLBACKS.set(callbacks)
-            run_task_token = _RUN_TASK.set(asyncio.current_task())
+            run_task_token = _RUN_TASK.set(current_task())
             try:
                 if self._awaiting_tracer and not _tracer_awaited():  # a provider set since
                     self._tracer = _load_tracer()

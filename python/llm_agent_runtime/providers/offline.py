@@ -232,9 +232,16 @@ class ScriptedProvider:
         stop = _stop_sequences(params.get("stop")) if params else ()
         if self._rule is not None:
             return self._next(_last_content(messages), messages, tools, stop)
-        # A listed reply, taken here (one call less a step: this is the loop's model call).
-        with self._lock:
-            index, reply = self._listed()
+        # A listed reply, taken here (one call less a step: this is the loop's model call),
+        # under the lock by hand: a `with` block costs twice as much, and this is every step.
+        lock = self._lock
+        lock.acquire()
+        try:
+            index = self._index
+            replies = self._replies
+            if index == len(replies):
+                index = self._listed()[0]  # the first again when the script loops, else raises
+            reply = replies[index]
             if stop:
                 reply = _cut(reply, stop)
             if type(reply) is not ChatResponse or not (
@@ -243,6 +250,8 @@ class ScriptedProvider:
                 reply = self._completed(reply, _last_content(messages), messages, tools)
             self._index = index + 1
             self.calls += 1
+        finally:
+            lock.release()
         return reply
 
     async def chat_stream(
