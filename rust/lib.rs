@@ -44,7 +44,7 @@ mod _core {
     #[pymodule_export]
     use crate::vector::PyVectorIndex;
     #[pymodule_export]
-    use crate::walk::{dicts_with_keys_made_text, shown_part};
+    use crate::walk::{dicts_with_keys_made_text, nested_deeper_than, shown_part};
 
     use pyo3::prelude::*;
 

@@ -97,6 +97,91 @@ pub fn dicts_with_keys_made_text<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bou
     })
 }
 
+/// Whether `value` is a dict, list or tuple (subclasses too): a level of nesting.
+fn is_container(value: &Bound<'_, PyAny>) -> bool {
+    value.is_instance_of::<PyDict>()
+        || value.is_instance_of::<PyList>()
+        || value.is_instance_of::<PyTuple>()
+}
+
+/// The items of container `value` that are containers themselves (a dict's values; a
+/// subclass through its own ``values()`` or iteration, as Python code walking it would).
+fn nested_in<'py>(value: &Bound<'py, PyAny>, into: &mut Vec<Bound<'py, PyAny>>) -> PyResult<()> {
+    if let Ok(dict) = value.cast_exact::<PyDict>() {
+        into.extend(dict.iter().map(|(_, item)| item).filter(is_container));
+    } else if let Ok(list) = value.cast_exact::<PyList>() {
+        into.extend(list.iter().filter(is_container));
+    } else if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+        into.extend(tuple.iter().filter(is_container));
+    } else {
+        let items = if value.is_instance_of::<PyDict>() {
+            value.call_method0("values")?.try_iter()?
+        } else {
+            value.try_iter()?
+        };
+        for item in items {
+            let item = item?;
+            if is_container(&item) {
+                into.push(item);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether ``value`` nests dicts, lists and tuples (subclasses too) over ``limit`` levels.
+///
+/// ``value`` itself is the first level when it is one of them. A container that holds
+/// itself is nested without end (True); one held many times is walked once at each depth
+/// it is met deeper than before, so data sharing its parts is walked in time linear in
+/// its size, however many paths lead through it.
+///
+/// Args:
+///     value: the data to look into (JSON data, or what a provider or hook made of it).
+///     limit: the most levels allowed.
+///
+/// Returns:
+///     bool: whether some chain of containers, each holding the next, is over ``limit``
+///     long.
+///
+/// Raises:
+///     Exception: whatever a dict, list or tuple subclass's own iteration or ``values()``
+///         raised.
+#[pyfunction]
+pub fn nested_deeper_than(value: &Bound<'_, PyAny>, limit: usize) -> PyResult<bool> {
+    catch_panics(|| {
+        if !is_container(value) {
+            return Ok(false);
+        }
+        let mut nested = Vec::new();
+        nested_in(value, &mut nested)?;
+        if nested.is_empty() {
+            return Ok(limit == 0); // flat, as tool arguments usually are
+        }
+        // Depth first, from the second level; each container is walked again only when met
+        // deeper than before. What was walked stays alive to the end: a subclass's
+        // `values()` may make new objects, whose addresses must not be reused meanwhile.
+        let mut deepest: rustc_hash::FxHashMap<usize, usize> = rustc_hash::FxHashMap::default();
+        let mut pending: Vec<(Bound<'_, PyAny>, usize)> =
+            nested.drain(..).map(|item| (item, 2)).collect();
+        let mut walked = vec![value.clone()];
+        while let Some((current, depth)) = pending.pop() {
+            if depth > limit {
+                return Ok(true);
+            }
+            let met = deepest.entry(current.as_ptr() as usize).or_insert(0);
+            if *met >= depth {
+                continue;
+            }
+            *met = depth;
+            nested_in(&current, &mut nested)?;
+            pending.extend(nested.drain(..).map(|item| (item, depth + 1)));
+            walked.push(current);
+        }
+        Ok(false)
+    })
+}
+
 /// How deep [`shown_part`] walks: a result nested deeper is left whole (`json` refuses it,
 /// and its text is then its `str`).
 const MAX_SHOWN_DEPTH: usize = 500;

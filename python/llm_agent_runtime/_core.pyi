@@ -78,6 +78,15 @@ def dicts_with_keys_made_text(value: object) -> list[dict[Any, Any]]:
     and `values()`. Parents come before what they hold.
     """
 
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether `value` nests dicts, lists and tuples (subclasses too) over `limit` levels.
+
+    `value` itself is the first level when it is one of them. A container holding itself is
+    nested without end; one held many times is walked again only where it is met deeper, so
+    shared parts cost time linear in the data's size. A subclass is read through its own
+    iteration and `values()`, whose errors propagate.
+    """
+
 def shown_part(value: object, room: int) -> object | None:
     """The part of a tool's result whose text can show in `room` characters, or None when
     that is the whole result.

@@ -5203,17 +5203,10 @@ def _unreadable(call: ToolCall) -> bool:
     kind (`ScriptedProvider`, a user's) gives them as they are: a session holding them could
     not be saved, after the tool ran (see `MAX_ARGUMENT_DEPTH`).
     """
-    if call.arguments_error is not None:
-        return True
     arguments = call.arguments
-    for value in arguments.values() if isinstance(arguments, dict) else ():
-        if isinstance(value, _CONTAINERS):  # the usual flat ones: no walk
-            return nested_deeper_than(arguments, MAX_ARGUMENT_DEPTH)
-    return False
-
-
-_CONTAINERS = (dict, list, tuple)
-"""What `nested_deeper_than` counts as a level (subclasses too)."""
+    return call.arguments_error is not None or (
+        isinstance(arguments, dict) and nested_deeper_than(arguments, MAX_ARGUMENT_DEPTH)
+    )
 
 
 def _unreadable_marked(calls: list[ToolCall]) -> list[ToolCall]:
