@@ -233,7 +233,7 @@ class ScriptedProvider:
         if self._rule is not None:
             return self._next(_last_content(messages), messages, tools, stop)
         # A listed reply, taken here (one call less a step: this is the loop's model call),
-        # under the lock by hand: a `with` block costs twice as much, and this is every step.
+        # under the lock by hand (a `with` block costs half as much again): this is every step.
         lock = self._lock
         lock.acquire()
         try:
