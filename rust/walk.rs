@@ -129,26 +129,44 @@ fn nested_in<'py>(value: &Bound<'py, PyAny>, into: &mut Vec<Bound<'py, PyAny>>) 
     Ok(())
 }
 
+/// A container [`nested_deeper_than`] is in: its address, the containers it holds not yet
+/// looked at, and the most levels any of those looked at holds.
+struct Level<'py> {
+    address: usize,
+    nested: std::vec::IntoIter<Bound<'py, PyAny>>,
+    tallest: usize,
+}
+
+/// In [`nested_deeper_than`]'s table of heights: a container on the current path, whose
+/// height is not known yet (met again below itself, it holds itself).
+const ON_PATH: usize = usize::MAX;
+
 /// Whether ``value`` nests dicts, lists and tuples (subclasses too) over ``limit`` levels.
 ///
 /// ``value`` itself is the first level when it is one of them. A container that holds
-/// itself is nested without end (True); one held many times is walked once at each depth
-/// it is met deeper than before, so data sharing its parts is walked in time linear in
-/// its size, however many paths lead through it.
+/// itself is nested without end (True). Each container is looked into once, its height
+/// kept, so data sharing its parts takes time linear in its size. The walk goes depth
+/// first, items in order, and stops at the first chain found over ``limit``: items after
+/// it may not be read.
 ///
 /// Args:
 ///     value: the data to look into (JSON data, or what a provider or hook made of it).
-///     limit: the most levels allowed.
+///     limit: the most levels allowed (an int of 0 or more).
 ///
 /// Returns:
 ///     bool: whether some chain of containers, each holding the next, is over ``limit``
 ///     long.
 ///
 /// Raises:
+///     AgentRuntimeError: ``limit`` is below 0.
+///     TypeError: ``limit`` is no int.
 ///     Exception: whatever a dict, list or tuple subclass's own iteration or ``values()``
 ///         raised.
 #[pyfunction]
-pub fn nested_deeper_than(value: &Bound<'_, PyAny>, limit: usize) -> PyResult<bool> {
+pub fn nested_deeper_than(value: &Bound<'_, PyAny>, limit: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let limit = crate::args::limit(limit, "limit", 0, |v| {
+        crate::errors::CoreError::Runtime(format!("limit must be 0 or more, got {v}"))
+    })?;
     catch_panics(|| {
         if !is_container(value) {
             return Ok(false);
@@ -158,27 +176,57 @@ pub fn nested_deeper_than(value: &Bound<'_, PyAny>, limit: usize) -> PyResult<bo
         if nested.is_empty() {
             return Ok(limit == 0); // flat, as tool arguments usually are
         }
-        // Depth first, from the second level; each container is walked again only when met
-        // deeper than before. What was walked stays alive to the end: a subclass's
-        // `values()` may make new objects, whose addresses must not be reused meanwhile.
-        let mut deepest: rustc_hash::FxHashMap<usize, usize> = rustc_hash::FxHashMap::default();
-        let mut pending: Vec<(Bound<'_, PyAny>, usize)> =
-            nested.drain(..).map(|item| (item, 2)).collect();
+        // Heights by address, once known. What was looked into stays alive to the end: a
+        // subclass's `values()` may make new objects, whose addresses must not be reused
+        // meanwhile.
+        let mut heights: rustc_hash::FxHashMap<usize, usize> = rustc_hash::FxHashMap::default();
+        heights.insert(value.as_ptr() as usize, ON_PATH);
         let mut walked = vec![value.clone()];
-        while let Some((current, depth)) = pending.pop() {
-            if depth > limit {
-                return Ok(true);
+        let mut path = vec![Level {
+            address: value.as_ptr() as usize,
+            nested: nested.into_iter(),
+            tallest: 0,
+        }];
+        loop {
+            if path.len() > limit {
+                return Ok(true); // the path itself is a chain that long
             }
-            let met = deepest.entry(current.as_ptr() as usize).or_insert(0);
-            if *met >= depth {
-                continue;
+            let Some(level) = path.last_mut() else {
+                return Ok(false);
+            };
+            if let Some(item) = level.nested.next() {
+                let address = item.as_ptr() as usize;
+                match heights.get(&address) {
+                    Some(&ON_PATH) => return Ok(true),
+                    Some(&height) => {
+                        level.tallest = level.tallest.max(height);
+                        if path.len() + height > limit {
+                            return Ok(true);
+                        }
+                    }
+                    None => {
+                        let mut inner = Vec::new();
+                        nested_in(&item, &mut inner)?;
+                        heights.insert(address, ON_PATH);
+                        walked.push(item);
+                        path.push(Level {
+                            address,
+                            nested: inner.into_iter(),
+                            tallest: 0,
+                        });
+                    }
+                }
+            } else {
+                let height = level.tallest + 1;
+                let address = level.address;
+                path.pop();
+                heights.insert(address, height);
+                match path.last_mut() {
+                    Some(parent) => parent.tallest = parent.tallest.max(height),
+                    None => return Ok(height > limit),
+                }
             }
-            *met = depth;
-            nested_in(&current, &mut nested)?;
-            pending.extend(nested.drain(..).map(|item| (item, depth + 1)));
-            walked.push(current);
         }
-        Ok(false)
     })
 }
 

@@ -82,9 +82,14 @@ def nested_deeper_than(value: object, limit: int) -> bool:
     """Whether `value` nests dicts, lists and tuples (subclasses too) over `limit` levels.
 
     `value` itself is the first level when it is one of them. A container holding itself is
-    nested without end; one held many times is walked again only where it is met deeper, so
-    shared parts cost time linear in the data's size. A subclass is read through its own
-    iteration and `values()`, whose errors propagate.
+    nested without end. Each container is looked into once (shared parts cost time linear
+    in the data's size), depth first, items in order; the walk stops at the first chain
+    found over `limit`. A subclass is read through its own iteration and `values()`, whose
+    errors propagate.
+
+    Raises:
+        AgentRuntimeError: `limit` is below 0.
+        TypeError: `limit` is no int.
     """
 
 def shown_part(value: object, room: int) -> object | None:
