@@ -511,6 +511,33 @@ async def test_an_error_sent_with_status_200_is_the_servers_error(
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize("content_type", ["text/html", "text/html; charset=utf-8"])
+async def test_a_page_sent_in_place_of_a_reply_is_quoted_with_its_type(
+    kind: str, content_type: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # A proxy's login page under status 200: it was "malformed ... Invalid JSON", naming
+    # neither the page nor its type (a streamed request's error already quoted both).
+    page = b"<!doctype html><title>Proxy</title><p>Corporate proxy: please log in</p>"
+    server.script(Reply(body=page, headers={"content-type": content_type}), Turn("unused"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        with pytest.raises(ProviderError) as caught:
+            await llm.chat(USER)
+    assert "Corporate proxy: please log in" in str(caught.value)
+    assert "(the request was answered with 'text/html', not JSON)" in str(caught.value)
+    assert "malformed" not in str(caught.value)
+    assert caught.value.retryable is False
+    assert len(server.requests) == 1
+
+
+async def test_a_reply_labelled_with_another_type_than_json_is_read_all_the_same(
+    kind: str, server: FakeLlmServer
+) -> None:
+    whole = render_openai(HELLO, False) if kind == "openai" else render_anthropic(HELLO, False)
+    server.script(Reply(body=b"\xef\xbb\xbf " + whole.body, headers={"content-type": "text/plain"}))
+    async with make_provider(kind, server) as llm:
+        assert (await llm.chat(USER)).text == HELLO.text
+
+
 def _error_body(kind: str, error_type: str, message: str) -> dict[str, Any]:
     """An error object as `kind`'s API reports one; OpenAI's with a code that is a status."""
     if kind == "openai":

@@ -115,6 +115,34 @@ async def test_a_call_cut_off_before_its_arguments_never_runs(
     assert ran == []  # it used to run with every default: cleanup("/", recursive=True)
 
 
+@pytest.mark.parametrize("kind", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_reply_with_one_call_cut_off_runs_none_of_its_calls(
+    kind: str, stream: bool, server: FakeLlmServer
+) -> None:
+    ran: list[str] = []
+
+    @ar.tool
+    def note(text: str) -> str:
+        """Notes text."""
+        ran.append(text)
+        return "noted"
+
+    # The first call's arguments (13 characters) arrived whole, the second's were cut; a whole
+    # Anthropic reply closes the cut one's input itself, and it ends the reply.
+    calls = [("c1", "note", {"text": "a"}), ("c2", "note", {"text": "a longer note"})]
+    limit = "length" if kind == "openai" else "max_tokens"
+    server.script(Turn(tool_calls=calls, stop_reason=limit, arguments_cut=16))
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[note])
+    if stream:
+        runtime.events.on(lambda event: None)
+    async with make_provider(kind, server, retry=ONCE) as llm:
+        with pytest.raises(ar.AgentLoopError, match=r"token limit.*a tool call's input"):
+            await runtime.run_agent_with_provider("a", "note two things", llm)
+    assert ran == []  # the whole call did not run either
+    assert runtime.metrics.snapshot().input_tokens == 11  # the reply was paid for
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_a_refusal_inside_a_tool_calls_arguments_is_the_runs_refusal_error(
     stream: bool, server: FakeLlmServer

@@ -2166,6 +2166,14 @@ class HttpTransport:
             )
         if cut_short(response, body):
             raise cut_short_error(self.name)
+        kind = response.headers.get("content-type", "").split(";")[0].strip()
+        if kind and "json" not in kind.lower() and body.removeprefix(_BOM).lstrip()[:1] != b"{":
+            # A page in place of a reply (a proxy's login page, say), quoted as a stream's is:
+            # read as JSON, it said only "Invalid JSON", naming nothing that answered.
+            raise ProviderError(
+                f"{self.name} API error: {error_message(body, self.redact)} (the request was "
+                f"answered with {kind!r}, not JSON)"
+            )
         return body
 
     async def _with_retries(
