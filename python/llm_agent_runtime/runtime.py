@@ -2667,6 +2667,7 @@ class AgentRuntime(Unshared):
         busy: _BusyTime | None = None,
         ended: dict[int, ToolRun] | None = None,
         task: asyncio.Task[Any] | Literal[False] | None = False,
+        on_start: Callable[[], object] | None = None,
     ) -> ToolRun:
         """Runs one tool call through capabilities, approvals, middlewares and metrics.
 
@@ -2678,7 +2679,7 @@ class AgentRuntime(Unshared):
         `ToolCallFinished` event (a listener may fail on that): done, or ended by an error
         (cancelled, timed out, a policy error) with the observation that event gives. That is
         what a failed round keeps of it. `task` is the task the call runs in, when the caller
-        knows it (see `ToolRegistry.call`).
+        knows it, and `on_start` is called right before the tool is (see `ToolRegistry.call`).
         """
         if type(arguments) is _Unreadable:  # written wrong: answered, before any guard
             answer = self._unreadable_answer(arguments)
@@ -2709,14 +2710,24 @@ class AgentRuntime(Unshared):
             if self._tracer is not None:
                 with _traced(self._tracer, "agent.tool", {"tool": name}) as span:
                     observation = await self._tools.call(
-                        name, arguments, self._config.max_observation_chars, key, task=task
+                        name,
+                        arguments,
+                        self._config.max_observation_chars,
+                        key,
+                        task=task,
+                        on_start=on_start,
                     )
                     if observation.error_kind is not None:  # a failure the tool call absorbed
                         _mark_failed(span, observation)
             else:
                 # The setting's backing attribute: a tool call pays no property call.
                 observation = await self._tools.call(
-                    name, arguments, self._config.max_observation_chars, key, task=task
+                    name,
+                    arguments,
+                    self._config.max_observation_chars,
+                    key,
+                    task=task,
+                    on_start=on_start,
                 )
         except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
             metrics.record_tool_failure(counted, session.agent_id)  # as the events say
@@ -3537,6 +3548,7 @@ class AgentRuntime(Unshared):
         run_id = self._durable_runs[session_id].run
         key = self._call_key(session_id, step, index, entry)
         unlisted = False  # a journaled call that ran no tool (see below)
+        journaled = False  # its intent, written by this call
         intent = {
             **entry,
             "tool": name,
@@ -3579,6 +3591,7 @@ class AgentRuntime(Unshared):
                 except Exception:
                     self._count_failed_write(session_id)
                     raise
+                journaled = found is None
                 if found is not None:
                     if found.get("state") == "done":
                         return _journaled_run(found, name, arguments)
@@ -3612,6 +3625,8 @@ class AgentRuntime(Unshared):
                 # guarded, so never run by a tool registered since.
                 missing = self._tools.not_found(name, self._config.max_observation_chars)
                 run = self._denied(session, name, arguments, missing, index)
+            elif journaled:
+                run = await self._call_journaled(session, step, index, intent, replacing, busy)
             else:
                 run = await self._call_tool(session, name, arguments, key, index, False, busy)
         if record_result:  # a round's calls are journaled as they end (a denied one too)
@@ -3647,6 +3662,37 @@ class AgentRuntime(Unshared):
                     error,
                 )
         return run
+
+    async def _call_journaled(
+        self,
+        session: AgentSession,
+        step: int,
+        index: int,
+        intent: dict[str, Any],
+        replacing: dict[str, Any] | None,
+        busy: _BusyTime | None,
+    ) -> ToolRun:
+        """Runs the call whose `intent` `_durable_call` just journaled.
+
+        A call that ends before its tool was called (a cancellation asked as its
+        `ToolCallStarted` event went out, delivered first; a listener failing on that event)
+        never ran: its intent is taken back, as that of a call cut off as it was journaled.
+        """
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            started = True
+
+        name, arguments, key = intent["tool"], intent["arguments"], intent["key"]
+        try:
+            return await self._call_tool(
+                session, name, arguments, key, index, False, busy, on_start=start
+            )
+        except BaseException:
+            if not started:
+                await self._withdraw_intent(session, step, index, intent, replacing)
+            raise
 
     def _reused_call_events(self, session: AgentSession, index: int, run: ToolRun) -> None:
         """Emits a journaled call's events as a resume reuses its outcome.

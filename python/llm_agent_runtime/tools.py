@@ -3145,6 +3145,7 @@ class ToolRegistry:
         idempotency_key: str | None = None,
         *,
         task: asyncio.Task[Any] | Literal[False] | None = False,
+        on_start: Callable[[], object] | None = None,
     ) -> Observation:
         """Runs one tool call; every failure becomes an `Observation` with an error kind.
 
@@ -3154,7 +3155,9 @@ class ToolRegistry:
         part that shows is rendered, into the same text. `task` is the asyncio task
         the call runs in, when the caller has it at hand (None: it runs in none); by
         default it is looked up, which costs a system call (`getpid`) per call before
-        Python 3.12.
+        Python 3.12. `on_start`, when given, is called right before the tool is (once its
+        arguments are checked and a cancellation asked before the call is delivered): a call
+        that ends before it was called never ran its tool.
 
         Failures: invalid arguments (a validator's own exception included), a result that
         cannot be rendered, and `SystemExit` raised by a tool (say, by argparse) are
@@ -3211,6 +3214,8 @@ class ToolRegistry:
         cancels = 0 if task is None else task.cancelling()
         if cancels:
             await asyncio.sleep(0)
+        if on_start is not None:
+            on_start()
         try:
             if direct is not None:  # an async `@tool` function: the common case, called as is
                 result = await direct(**checked)

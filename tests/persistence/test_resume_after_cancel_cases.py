@@ -594,3 +594,104 @@ async def test_a_call_cut_off_as_its_intent_lands_is_not_refused_as_one_that_may
     # The charge is approved again on resume: the entry given back is the step's reply, as
     # journaled before its guards decided (a run cut off while they decide is resumed so).
     assert asked == ([{"a": 1, "b": 2}, {"amount": 5}, {"amount": 5}] if guarded else [])
+
+
+class ListenerFailed(Exception):
+    """What the listener of `test_a_call_stopped_at_its_start_...` raises."""
+
+
+@MODES
+@pytest.mark.parametrize("stop", ["cancel", "listener error"])
+@pytest.mark.parametrize("guarded", [False, True], ids=["unguarded", "approved"])
+async def test_a_call_stopped_at_its_start_event_is_not_refused_as_one_that_may_have_run(
+    mode: str, stop: str, guarded: bool, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    # The call's `ToolCallStarted` listener cancels the run (a Ctrl-C at that moment: the
+    # cancellation is delivered before the tool starts) or fails: the call never ran, so its
+    # intent is taken back, as that of a call cut off as it was journaled. A resume refused
+    # the call (`charge` is not idempotent), to be settled by hand.
+    setup = Setup(mode, "cancel", open_backend)
+    asked: list[Any] = []
+
+    def approve(session: Any, tool: str, arguments: Any) -> ar.ApprovalDecision:
+        asked.append(arguments)
+        return ar.ApprovalDecision("approve")
+
+    def runtime() -> ar.AgentRuntime:
+        return ar.AgentRuntime(
+            ar.AgentConfig(mode=mode),
+            tools=setup.tools.specs(),
+            checkpoint_backend=open_backend(),
+            approval_handler=approve if guarded else None,
+        )
+
+    first = runtime()
+    session = first.create_session("a")
+    charge = ("charge", {"amount": 5})
+    task = asyncio.ensure_future(first.run_turn(session, "q", first_model(mode, charge)))
+
+    def stop_at_the_charge(event: Any) -> None:
+        if isinstance(event, ar.ToolCallStarted) and event.tool == "charge":
+            if stop == "cancel":
+                task.cancel()
+            else:
+                raise ListenerFailed
+
+    first.events.on(stop_at_the_charge)
+    with pytest.raises(asyncio.CancelledError if stop == "cancel" else ListenerFailed):
+        await task
+    assert setup.tools.calls["charge"] == 0
+    setup.tools.holding = False
+    if guarded:  # the reply of step 2 is reused: the model is asked for the answer alone
+        closing = closing_model(mode)
+    elif mode == "tools":
+        closing = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([charge]), "done"])
+    else:
+        closing = Model(react_step(*charge), DONE_REACT)
+    resumed = await runtime().resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ("charge", "charged", None), ANSWERED]
+    assert setup.tools.calls == {"add": 1, "lookup": 0, "charge": 1, "send": 0, "price": 0}
+    assert asked == ([{"a": 1, "b": 2}, {"amount": 5}, {"amount": 5}] if guarded else [])
+
+
+@pytest.mark.parametrize("failing", ["charge", "price"])
+@pytest.mark.parametrize("guarded", [False, True], ids=["unguarded", "approved"])
+async def test_a_round_call_whose_start_event_failed_is_run_by_the_resume(
+    failing: str, guarded: bool, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    # A round of two calls (each journaled as it starts and as it ends), one of whose
+    # `ToolCallStarted` listeners fails: that call never ran, its intent is taken back, and
+    # the resume runs it, reusing the other's result (run once, whichever it is).
+    setup = Setup("tools", "cancel", open_backend)
+    setup.tools.holding = False
+
+    def runtime() -> ar.AgentRuntime:
+        return ar.AgentRuntime(
+            ar.AgentConfig(mode="tools"),
+            tools=setup.tools.specs(),
+            checkpoint_backend=open_backend(),
+            approval_handler=(lambda *_: ar.ApprovalDecision("approve")) if guarded else None,
+        )
+
+    first = runtime()
+    session = first.create_session("a")
+    calls = [("charge", {"amount": 5}), ("price", {"item": "tea"})]
+
+    def fail_at(event: Any) -> None:
+        if isinstance(event, ar.ToolCallStarted) and event.tool == failing:
+            raise ListenerFailed
+
+    first.events.on(fail_at)
+    with pytest.raises(ListenerFailed):
+        await first.run_turn(session, "q", first_model("tools", *calls))
+    assert setup.tools.calls[failing] == 0
+    closing = closing_model("tools")  # the round's reply is journaled: only the answer is asked
+    resumed = await runtime().resume(session.session_id, closing)
+    assert kept(resumed) == [
+        ADDED,
+        ("charge", "charged", None),
+        ("price", "tea: 3", None),
+        ANSWERED,
+    ]
+    assert model_calls(closing) == 1
+    assert setup.tools.calls == {"add": 1, "lookup": 0, "charge": 1, "send": 0, "price": 1}
