@@ -500,3 +500,33 @@ def test_a_rare_tags_search_goes_wide_and_finds_its_entries_best_first(k: int) -
         assert [h.key for h in hits] == [f"k{n}" for n in tagged[:k]]
         assert [h.score for h in hits] == pytest.approx([scores[n] for n in tagged[:k]], abs=1e-5)
     assert store.search(query, k=k, tags=["rare", "common"]) == []
+
+
+def test_a_rare_tags_search_scans_the_index_once() -> None:
+    # The first scan asks for twice the hits that hold k tagged ones at the tag's share of
+    # the entries: it asked for k, then 4x as many at each scan (7 scans at 20,000 entries).
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((20_000, 16)).astype(np.float32)
+    store = ar.SemanticStore(dim=16)
+    for n, vector in enumerate(vectors):
+        store.store(f"k{n}", f"v{n}", tags="rare" if n % 1_000 == 0 else "common", embedding=vector)
+    index = store._index
+    scans: list[int] = []
+
+    class CountsScans:
+        dim = index.dim
+
+        def __len__(self) -> int:
+            return len(index)
+
+        def search(self, vector: Any, k: int) -> Any:
+            scans.append(k)
+            return index.search(vector, k)
+
+    store._index = CountsScans()  # type: ignore[assignment]
+    query = rng.standard_normal(16).astype(np.float32)
+    hits = store.search(query, k=5, tags="rare")
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = unit[::1_000] @ (query / np.linalg.norm(query))
+    assert [h.key for h in hits] == [f"k{1_000 * n}" for n in np.argsort(-scores)[:5]]
+    assert len(scans) == 1

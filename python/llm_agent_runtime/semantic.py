@@ -328,6 +328,11 @@ class SemanticStore:
         k = min(k, size)
         want = min(k, tagged) if tagged is not None else k
         fetch = k
+        if tagged is not None and tagged < size:
+            # About tagged/size of any scan's hits carry the tags: asked for twice the hits
+            # that would hold `want` of them, a rare tag's search takes one scan, not one more
+            # at each widening (log4(size / k) scans in all: 100,000 entries, 12x the time).
+            fetch = min(size, max(k, -(-2 * want * size // tagged)))
         while True:
             # The scan runs outside the lock, so searches run in parallel; other threads may
             # write meanwhile (see the class on what a search then returns).

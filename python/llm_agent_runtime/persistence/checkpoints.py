@@ -3069,15 +3069,17 @@ class CheckpointStore:
             raise _DamagedSession(error) from error
         if later:  # a later turn runs, was interrupted or failed: not finished
             return failed_before is not None and await self._sweep_failed(key, failed_before, found)
-        old_enough = final.get("finished_at", now) < now - older_than
-        if not old_enough and session_id not in claimed:
+        if final.get("finished_at", now) >= now - older_than:
+            # Too recent: nothing listed (every finished session keeps its runs' claims, and
+            # a listing reads every key on some backends: a sweep with nothing due was
+            # quadratic in the sessions stored).
             return False
         # The session's keys, listed once for what follows (on a backend whose listing
         # reads every key, a sweep of many sessions paid for four listings a session).
         own = await self._list_keys(f"{key}:")
         if session_id in claimed and await self._claimed_after(key, final, own):
             return False  # a later turn claimed the session (its meta record not yet written)
-        return old_enough and await self._delete_ended(key, found, own)
+        return await self._delete_ended(key, found, own)
 
     async def _sweep_failed(
         self, key: str, failed_before: float, found: dict[str, bytes] | None = None
