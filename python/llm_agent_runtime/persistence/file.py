@@ -297,6 +297,12 @@ class FileBackend:
     installed. So a cancelled write has landed, or never will, by the time the cancellation
     reaches the caller; only the file I/O under way (a hung network file system) delays it.
 
+    A listing (`list_keys`) reads the names of every file in the directory (the keys of the
+    files it has not seen before once): the checkpoints list a session's keys a few times a
+    turn, so a turn slows as the store grows (about 13 ms at 130 files, 47 ms at 13,000). A
+    long-lived service keeps its checkpoints in a database (`SqliteBackend` needs no server),
+    whose listings read only the session's keys.
+
     Args:
         directory: where the files live (created if missing): a non-empty `str` or
             `os.PathLike` of one.
