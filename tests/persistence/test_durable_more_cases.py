@@ -244,3 +244,33 @@ async def test_steps_pending_through_an_outage_are_encoded_once(
     assert encoded.count("event") <= 2 * len(await runtime.session_events(session.session_id))
     saved = await ar.AgentSession.load_checkpoint(backend, session.session_id)
     assert saved.to_dict() == session.to_dict()
+
+
+class _LogsLoads(ar.InMemoryBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: list[str] = []
+
+    async def load(self, key: str) -> bytes | None:
+        self.loaded.append(key)
+        return await super().load(key)
+
+    async def batch_load(self, keys: Any) -> dict[str, bytes]:
+        keys = list(keys)
+        self.loaded += keys
+        return await super().batch_load(keys)
+
+
+async def test_a_later_turn_reads_no_record_that_grows_with_the_session() -> None:
+    # Its start checked that no sweep deleted the session by loading the session's final
+    # record beside its meta record: a read of the whole chat at every turn (700 KB a turn
+    # after 1,000 turns).
+    backend = _LogsLoads()
+    runtime = ar.AgentRuntime(checkpoint_backend=backend)
+    session = runtime.create_session("a", "s1")
+    for n in range(3):
+        await runtime.run_turn(session, f"q{n}", script(FINAL))
+    backend.loaded.clear()
+    await runtime.run_turn(session, "q", script(FINAL))
+    assert backend.loaded and "session:s1" not in backend.loaded
+    assert not [key for key in backend.loaded if ":step:" in key or ":event:" in key]

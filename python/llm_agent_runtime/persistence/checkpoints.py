@@ -1248,7 +1248,9 @@ class CheckpointStore:
         # claim gone with it): the run would write its steps over nothing, or over a new
         # session another run started under the id since (its meta record another one).
         if session.steps and stored == len(session.steps):
-            found = await self._batch_load([key, meta_key])
+            # The meta record read before tells it alone; the session's own record, which
+            # grows with every turn, is read only where there was no meta record to compare.
+            found = await self._batch_load([meta_key] if meta_read is not None else [key, meta_key])
             if not found or found.get(meta_key) != meta_read:
                 await self.release(session.session_id)
                 self._refuse(session.session_id, _SWEPT, _SWEPT_ADVICE)
