@@ -2715,25 +2715,23 @@ class AgentRuntime(Unshared):
             start = time.perf_counter()
             if self._tracer is not None:
                 with _traced(self._tracer, "agent.tool", {"tool": name}) as span:
-                    observation = await self._tools.call(
-                        name,
-                        arguments,
-                        self._config.max_observation_chars,
-                        key,
-                        task=task,
-                        on_start=on_start,
+                    limit = self._config.max_observation_chars
+                    observation = await (
+                        self._tools.call(name, arguments, limit, key, task=task)
+                        if on_start is None  # not passed: a registry's own `call` may not take it
+                        else self._tools.call(
+                            name, arguments, limit, key, task=task, on_start=on_start
+                        )
                     )
                     if observation.error_kind is not None:  # a failure the tool call absorbed
                         _mark_failed(span, observation)
             else:
                 # The setting's backing attribute: a tool call pays no property call.
-                observation = await self._tools.call(
-                    name,
-                    arguments,
-                    self._config.max_observation_chars,
-                    key,
-                    task=task,
-                    on_start=on_start,
+                limit = self._config.max_observation_chars
+                observation = await (
+                    self._tools.call(name, arguments, limit, key, task=task)
+                    if on_start is None  # not passed: a registry's own `call` may not take it
+                    else self._tools.call(name, arguments, limit, key, task=task, on_start=on_start)
                 )
         except BaseException as error:  # cancelled, timed out, or a policy error: it goes on
             metrics.record_tool_failure(counted, session.agent_id)  # as the events say
@@ -3554,7 +3552,7 @@ class AgentRuntime(Unshared):
         run_id = self._durable_runs[session_id].run
         key = self._call_key(session_id, step, index, entry)
         unlisted = False  # a journaled call that ran no tool (see below)
-        journaled = False  # its intent, written by this call
+        wrote_intent = False  # this call wrote its intent (see `_call_journaled`)
         intent = {
             **entry,
             "tool": name,
@@ -3597,7 +3595,7 @@ class AgentRuntime(Unshared):
                 except Exception:
                     self._count_failed_write(session_id)
                     raise
-                journaled = found is None
+                wrote_intent = found is None
                 if found is not None:
                     if found.get("state") == "done":
                         return _journaled_run(found, name, arguments)
@@ -3631,7 +3629,8 @@ class AgentRuntime(Unshared):
                 # guarded, so never run by a tool registered since.
                 missing = self._tools.not_found(name, self._config.max_observation_chars)
                 run = self._denied(session, name, arguments, missing, index)
-            elif journaled:
+            elif wrote_intent and type(self._tools).call is ToolRegistry.call:
+                # A registry's own `call` may not tell when its tool starts (`on_start`).
                 run = await self._call_journaled(session, step, index, intent, replacing, busy)
             else:
                 run = await self._call_tool(session, name, arguments, key, index, False, busy)

@@ -695,3 +695,116 @@ async def test_a_round_call_whose_start_event_failed_is_run_by_the_resume(
     ]
     assert model_calls(closing) == 1
     assert setup.tools.calls == {"add": 1, "lookup": 0, "charge": 1, "send": 0, "price": 1}
+
+
+@MODES
+@pytest.mark.parametrize("stop", ["cancel", "listener error"])
+async def test_a_resume_stopped_at_the_start_of_a_call_found_journaled_keeps_its_intent(
+    mode: str, stop: str, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    # The intent is the interrupted run's (`send` ran): a resume that repeats the call (it
+    # takes the key) and is stopped before the tool starts must leave it, else the next
+    # resume would ask the model for the step again, and lose the send that ran.
+    setup = Setup(mode, "cancel", open_backend)
+    session = setup.runtime.create_session("a")
+    await setup.interrupt(
+        setup.runtime.run_turn(session, "q", first_model(mode, ("send", {"text": "hi"})))
+    )
+    assert setup.tools.calls["send"] == 1
+    key = f"{session_key(session.session_id)}:call:2:0"
+    journaled = await open_backend().load(key)
+    assert journaled is not None and decode(journaled, key, "call")["state"] == "intent"
+    second = setup.make_runtime()
+    task = asyncio.ensure_future(second.resume(session.session_id, closing_model(mode)))
+
+    def stop_at_the_send(event: Any) -> None:
+        if isinstance(event, ar.ToolCallStarted) and event.tool == "send":
+            if stop == "cancel":
+                task.cancel()
+            else:
+                raise ListenerFailed
+
+    second.events.on(stop_at_the_send)
+    with pytest.raises(asyncio.CancelledError if stop == "cancel" else ListenerFailed):
+        await task
+    assert await open_backend().load(key) == journaled
+    closing = closing_model(mode)
+    resumed = await setup.make_runtime().resume(session.session_id, closing)
+    assert kept(resumed) == [ADDED, ("send", "sent", None), ANSWERED]
+    assert model_calls(closing) == 1  # the step's reply, journaled, is reused
+    assert setup.tools.calls["send"] == 2 and len(set(setup.tools.keys)) == 1
+
+
+class _OwnCallRegistry(ar.ToolRegistry):
+    """A registry running calls its own way (it takes keywords it does not know): it does
+    not tell when its tool starts."""
+
+    async def call(  # type: ignore[override]
+        self, name: str, arguments: Any, max_chars: int = 4000, key: Any = None, **_: Any
+    ) -> ar.Observation:
+        spec = self.get(name)
+        assert spec is not None
+        return ar.Observation(str(await spec.invoke(spec.check_arguments(arguments))), None)
+
+
+async def test_a_registry_with_its_own_call_keeps_the_intent_of_a_call_cut_off(
+    open_backend: Callable[[], ar.SqliteBackend],
+) -> None:
+    # Its `call` never reports the tool's start: a call cut off as it ran must not be taken
+    # for one that never started (the charge would run twice).
+    setup = Setup("tools", "cancel", open_backend)
+
+    def runtime() -> ar.AgentRuntime:
+        return ar.AgentRuntime(
+            ar.AgentConfig(mode="tools"),
+            tools=_OwnCallRegistry(setup.tools.specs()),
+            checkpoint_backend=open_backend(),
+        )
+
+    first = runtime()
+    session = first.create_session("a")
+    task = asyncio.ensure_future(
+        first.run_turn(session, "q", first_model("tools", ("charge", {"amount": 5})))
+    )
+    await setup.tools.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    setup.tools.holding = False
+    with pytest.raises(ar.ToolError, match="may have run"):
+        await runtime().resume(session.session_id, closing_model("tools"))
+    assert setup.tools.calls["charge"] == 1
+
+
+class _OlderCallRegistry(ar.ToolRegistry):
+    """A registry whose `call` has the signature before `on_start`, auditing its calls."""
+
+    def __init__(self, specs: list[ar.ToolSpec]) -> None:
+        super().__init__(specs)
+        self.audited: list[str] = []
+
+    async def call(  # type: ignore[override]
+        self,
+        name: str,
+        arguments: Any,
+        max_chars: int = 4000,
+        idempotency_key: str | None = None,
+        *,
+        task: Any = False,
+    ) -> ar.Observation:
+        self.audited.append(name)
+        return await super().call(name, arguments, max_chars, idempotency_key, task=task)
+
+
+@MODES
+async def test_a_registry_whose_call_takes_no_on_start_still_runs_tools(mode: str) -> None:
+    registry = _OlderCallRegistry(Tools().specs())
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=registry)
+    model = first_model(mode, ("price", {"item": "tea"}))
+    if mode == "tools":
+        model = ar.ScriptedProvider([*model._replies, "done"])
+    else:
+        model.replies.append(DONE_REACT)
+    session = runtime.create_session("a")
+    assert await runtime.run_turn(session, "q", model) == "done"
+    assert registry.audited == ["add", "price"]
