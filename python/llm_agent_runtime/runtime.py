@@ -3572,6 +3572,7 @@ class AgentRuntime(Unshared):
             if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
                 if spec is None:  # a resume then knows the call ran no tool (`_check_repeatable`)
                     intent["unlisted"] = True
+                    unlisted = True  # and so does this run, if its tool is registered meanwhile
                 elif not spec.takes_idempotency_key:
                     # A resume then knows the call's tool got no key: repeated under one by a
                     # tool upgraded to take it, it could not tell the repeat (the charge twice).
@@ -3629,8 +3630,9 @@ class AgentRuntime(Unshared):
                 # guarded, so never run by a tool registered since.
                 missing = self._tools.not_found(name, self._config.max_observation_chars)
                 run = self._denied(session, name, arguments, missing, index)
-            elif wrote_intent and type(self._tools).call is ToolRegistry.call:
-                # A registry's own `call` may not tell when its tool starts (`on_start`).
+            elif wrote_intent and getattr(self._tools.call, "__func__", None) is ToolRegistry.call:
+                # A registry's own `call` (its class's or its instance's) may not tell when its
+                # tool starts (`on_start`).
                 run = await self._call_journaled(session, step, index, intent, replacing, busy)
             else:
                 run = await self._call_tool(session, name, arguments, key, index, False, busy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import time
 import types
 from collections.abc import Callable
@@ -501,6 +502,37 @@ async def test_a_damaged_meta_record_stops_no_sweep(
     with pytest.raises(ar.PersistenceError, match="meta record needs") as info:
         await store.delete_session("bad")
     assert info.value.key == "session:bad:meta"
+
+
+async def test_a_damaged_claim_of_a_finished_session_stops_no_sweep(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A later turn's claim that does not decode made the whole sweep fail there, at every
+    # sweep: the sessions after it stayed.
+    for session_id in ("a", "bad", "z"):
+        session = ar.AgentRuntime().create_session("a", session_id)
+        await runtime_on(backend).run_agent("a", "Q", script(ONE), session=session)
+    claim = encode("meta", {"agent_id": "a", "prompt": "Q", "mode": "react", "run": "r"})
+    await backend.save("session:bad:run:1", claim[:-2] + b"XX")  # its checksum fails
+    store = CheckpointStore(backend)
+    with pytest.raises(ar.PersistenceError, match=r"sweep deleted 2 session\(s\) and left 1"):
+        await store.sweep(0.0, now=time.time() + 1)
+    assert await backend.list_keys("session:a") == []
+    assert await backend.list_keys("session:z") == []
+
+
+async def test_a_final_checkpoint_whose_time_is_nan_is_never_old(
+    backend: ar.PersistenceBackend,
+) -> None:
+    session = ar.AgentRuntime().create_session("a", "s")
+    await runtime_on(backend).run_agent("a", "Q", script(ONE), session=session)
+    final = decode(await backend.load("session:s"), "session:s", "session")
+    final["finished_at"] = math.nan  # a record another writer made
+    await backend.save("session:s", encode("session", final))
+    store = CheckpointStore(backend)
+    assert await store.sweep(math.inf) == []
+    assert await store.sweep(0.0, now=time.time() + 1) == []
+    assert (await ar.AgentSession.load_checkpoint(backend, "s")).final_answer == "one"
 
 
 class PausedGuardedWrite(Delegating):

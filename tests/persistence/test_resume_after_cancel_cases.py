@@ -12,6 +12,7 @@ the same runtime or by a new one on the same database.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -735,20 +736,36 @@ async def test_a_resume_stopped_at_the_start_of_a_call_found_journaled_keeps_its
     assert setup.tools.calls["send"] == 2 and len(set(setup.tools.keys)) == 1
 
 
+async def _own_call(
+    registry: ar.ToolRegistry, name: str, arguments: Any, max_chars: int = 4000, *_: Any, **__: Any
+) -> ar.Observation:
+    """A registry's `call` running calls its own way (it takes keywords it does not know): it
+    does not tell when its tool starts."""
+    spec = registry.get(name)
+    assert spec is not None
+    return ar.Observation(str(await spec.invoke(spec.check_arguments(arguments))), None)
+
+
 class _OwnCallRegistry(ar.ToolRegistry):
-    """A registry running calls its own way (it takes keywords it does not know): it does
-    not tell when its tool starts."""
-
-    async def call(  # type: ignore[override]
-        self, name: str, arguments: Any, max_chars: int = 4000, key: Any = None, **_: Any
-    ) -> ar.Observation:
-        spec = self.get(name)
-        assert spec is not None
-        return ar.Observation(str(await spec.invoke(spec.check_arguments(arguments))), None)
+    call = _own_call  # type: ignore[assignment]
 
 
+class _PlainRegistry(ar.ToolRegistry):
+    """A subclass with no `__slots__`: its instances take attributes (a `call` too)."""
+
+
+def _registry(specs: list[ar.ToolSpec], own: str) -> ar.ToolRegistry:
+    """A registry whose `call` is `_own_call`: its class's, or set on the instance."""
+    if own == "class":
+        return _OwnCallRegistry(specs)
+    registry = _PlainRegistry(specs)
+    registry.call = functools.partial(_own_call, registry)  # type: ignore[method-assign]
+    return registry
+
+
+@pytest.mark.parametrize("own", ["class", "instance"])
 async def test_a_registry_with_its_own_call_keeps_the_intent_of_a_call_cut_off(
-    open_backend: Callable[[], ar.SqliteBackend],
+    own: str, open_backend: Callable[[], ar.SqliteBackend]
 ) -> None:
     # Its `call` never reports the tool's start: a call cut off as it ran must not be taken
     # for one that never started (the charge would run twice).
@@ -757,7 +774,7 @@ async def test_a_registry_with_its_own_call_keeps_the_intent_of_a_call_cut_off(
     def runtime() -> ar.AgentRuntime:
         return ar.AgentRuntime(
             ar.AgentConfig(mode="tools"),
-            tools=_OwnCallRegistry(setup.tools.specs()),
+            tools=_registry(setup.tools.specs(), own),
             checkpoint_backend=open_backend(),
         )
 
@@ -776,35 +793,80 @@ async def test_a_registry_with_its_own_call_keeps_the_intent_of_a_call_cut_off(
     assert setup.tools.calls["charge"] == 1
 
 
+AUDITED: list[str] = []
+
+
+async def _older_call(
+    registry: ar.ToolRegistry,
+    name: str,
+    arguments: Any,
+    max_chars: int = 4000,
+    idempotency_key: str | None = None,
+    *,
+    task: Any = False,
+) -> ar.Observation:
+    """A registry's `call` with the signature before `on_start`, auditing its calls."""
+    AUDITED.append(name)
+    return await ar.ToolRegistry.call(
+        registry, name, arguments, max_chars, idempotency_key, task=task
+    )
+
+
 class _OlderCallRegistry(ar.ToolRegistry):
-    """A registry whose `call` has the signature before `on_start`, auditing its calls."""
-
-    def __init__(self, specs: list[ar.ToolSpec]) -> None:
-        super().__init__(specs)
-        self.audited: list[str] = []
-
-    async def call(  # type: ignore[override]
-        self,
-        name: str,
-        arguments: Any,
-        max_chars: int = 4000,
-        idempotency_key: str | None = None,
-        *,
-        task: Any = False,
-    ) -> ar.Observation:
-        self.audited.append(name)
-        return await super().call(name, arguments, max_chars, idempotency_key, task=task)
+    call = _older_call  # type: ignore[assignment]
 
 
 @MODES
-async def test_a_registry_whose_call_takes_no_on_start_still_runs_tools(mode: str) -> None:
-    registry = _OlderCallRegistry(Tools().specs())
-    runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode), tools=registry)
+@pytest.mark.parametrize("own", ["class", "instance"])
+async def test_a_registry_whose_call_takes_no_on_start_still_runs_tools(
+    mode: str, own: str, open_backend: Callable[[], ar.SqliteBackend]
+) -> None:
+    # With checkpoints, so that `add` (not idempotent) is journaled before it runs.
+    if own == "class":
+        registry: ar.ToolRegistry = _OlderCallRegistry(Tools().specs())
+    else:
+        registry = _PlainRegistry(Tools().specs())
+        registry.call = functools.partial(_older_call, registry)  # type: ignore[method-assign]
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode=mode), tools=registry, checkpoint_backend=open_backend()
+    )
     model = first_model(mode, ("price", {"item": "tea"}))
     if mode == "tools":
         model = ar.ScriptedProvider([*model._replies, "done"])
     else:
         model.replies.append(DONE_REACT)
+    AUDITED.clear()
     session = runtime.create_session("a")
     assert await runtime.run_turn(session, "q", model) == "done"
-    assert registry.audited == ["add", "price"]
+    assert AUDITED == ["add", "price"]
+
+
+async def test_a_call_of_a_tool_registered_after_its_intent_is_answered_as_unknown(
+    open_backend: Callable[[], ar.SqliteBackend],
+) -> None:
+    # Journaled as a call that ran no tool (none had its name), it ran all the same when the
+    # tool was registered meanwhile (a listener here): a resume then answered it as unknown
+    # though it had charged. It is answered as unknown now, as the resume would.
+    tools = Tools()
+    charge = next(spec for spec in tools.specs() if spec.name == "charge")
+    tools.holding = False
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"),
+        tools=[spec for spec in tools.specs() if spec.name != "charge"],
+        checkpoint_backend=open_backend(),
+    )
+    runtime.events.on(
+        lambda event: (
+            runtime.tools.register(charge)
+            if isinstance(event, ar.ToolCallStarted) and event.tool == "charge"
+            else None
+        )
+    )
+    session = runtime.create_session("a")
+    model = first_model("tools", ("charge", {"amount": 5}))
+    assert (
+        await runtime.run_turn(session, "q", ar.ScriptedProvider([*model._replies, "done"]))
+        == "done"
+    )
+    assert tools.calls["charge"] == 0
+    assert session.steps[1].error_kind == "not_found"

@@ -3071,7 +3071,7 @@ class CheckpointStore:
             raise _DamagedSession(error) from error
         if later:  # a later turn runs, was interrupted or failed: not finished
             return failed_before is not None and await self._sweep_failed(key, failed_before, found)
-        if final.get("finished_at", now) >= now - older_than:
+        if not final.get("finished_at", now) < now - older_than:  # (a NaN time: never old)
             # Too recent: nothing listed (every finished session keeps its runs' claims, and
             # a listing reads every key on some backends: a sweep with nothing due was
             # quadratic in the sessions stored).
@@ -3431,12 +3431,18 @@ class CheckpointStore:
 
         From its last step, and has saved no step yet (see `save_meta`). `listed`: the keys
         under `key:`.
+
+        Raises:
+            _DamagedSession: The claim does not decode.
         """
         claim = f"{key}:run:{await self._stored_steps(key, listed)}"
         raw = await self.backend.load(claim)
         if raw is None or record_kind(raw) != "meta":
             return False  # none, or emptied by its run's first step
-        meta = decode(raw, claim, "meta")
+        try:
+            meta = decode(raw, claim, "meta")
+        except PersistenceError as error:  # it stops no sweep of the sessions after it
+            raise _DamagedSession(error) from error
         closed = final.get("run")  # a final that names no run (older records) closes any
         return closed is not None and (not isinstance(meta, dict) or meta.get("run") != closed)
 
