@@ -3551,7 +3551,17 @@ class AgentRuntime(Unshared):
 
         run_id = self._durable_runs[session_id].run
         key = self._call_key(session_id, step, index, entry)
-        unlisted = False  # a journaled call that ran no tool (see below)
+        # A registry's own `call` (its class's or its instance's) may serve names its `get`
+        # does not know, and may not tell when its tool starts (`on_start`).
+        own_call = getattr(self._tools.call, "__func__", None) is ToolRegistry.call
+        # A journaled call that ran no tool (see below): this run's intent says so already
+        # when a resume runs it, even for a tool registered since whose call is not
+        # journaled again (a lone call of an idempotent tool).
+        unlisted = (
+            entry.get("state") == "intent"
+            and entry.get("unlisted") is True
+            and not is_stale_entry(entry, run_id)
+        )
         wrote_intent = False  # this call wrote its intent (see `_call_journaled`)
         intent = {
             **entry,
@@ -3572,7 +3582,8 @@ class AgentRuntime(Unshared):
             if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
                 if spec is None:  # a resume then knows the call ran no tool (`_check_repeatable`)
                     intent["unlisted"] = True
-                    unlisted = True  # and so does this run, if its tool is registered meanwhile
+                    # And so does this run, if its tool is registered meanwhile.
+                    unlisted = unlisted or own_call
                 elif not spec.takes_idempotency_key:
                     # A resume then knows the call's tool got no key: repeated under one by a
                     # tool upgraded to take it, it could not tell the repeat (the charge twice).
@@ -3630,9 +3641,7 @@ class AgentRuntime(Unshared):
                 # guarded, so never run by a tool registered since.
                 missing = self._tools.not_found(name, self._config.max_observation_chars)
                 run = self._denied(session, name, arguments, missing, index)
-            elif wrote_intent and getattr(self._tools.call, "__func__", None) is ToolRegistry.call:
-                # A registry's own `call` (its class's or its instance's) may not tell when its
-                # tool starts (`on_start`).
+            elif wrote_intent and own_call:
                 run = await self._call_journaled(session, step, index, intent, replacing, busy)
             else:
                 run = await self._call_tool(session, name, arguments, key, index, False, busy)

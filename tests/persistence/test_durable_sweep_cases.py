@@ -124,6 +124,35 @@ async def test_a_call_of_a_tool_registered_since_is_replayed_as_the_not_found_it
     assert (first.action, first.error_kind) == ("charge", "not_found")
 
 
+async def test_a_call_of_an_idempotent_tool_registered_since_is_not_found_as_it_was(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # A lone call of an idempotent tool is not journaled again as it runs: the resume read
+    # no entry, and ran the call unguarded (its approval never asked), though its intent
+    # said it ran no tool.
+    await _crashed_in_first_step(
+        backend, "idempotent-since", [add], 'Thought: t\nAction: charge {"amount": 5}'
+    )
+    calls: list[int] = []
+
+    @ar.tool(idempotent=True)
+    def charge(amount: int) -> str:
+        """Charges (safe to repeat)."""
+        calls.append(amount)
+        return "charged"
+
+    asked: list[str] = []
+
+    def deny(session: Any, tool: str, arguments: Any) -> ar.ApprovalDecision:
+        asked.append(tool)
+        return ar.ApprovalDecision("deny")
+
+    runtime = ar.AgentRuntime(tools=[charge], checkpoint_backend=backend, approval_handler=deny)
+    resumed = await runtime.resume("idempotent-since", script(FINAL))
+    assert calls == [] and asked == []
+    assert (resumed.steps[0].action, resumed.steps[0].error_kind) == ("charge", "not_found")
+
+
 async def test_a_call_of_a_tool_that_took_no_key_then_is_not_repeated_under_one(
     backend: ar.PersistenceBackend,
 ) -> None:

@@ -870,3 +870,26 @@ async def test_a_call_of_a_tool_registered_after_its_intent_is_answered_as_unkno
     )
     assert tools.calls["charge"] == 0
     assert session.steps[1].error_kind == "not_found"
+
+
+class _ServesEcho(ar.ToolRegistry):
+    """A registry whose own `call` serves a tool its `get` does not know."""
+
+    async def call(  # type: ignore[override]
+        self, name: str, arguments: Any, max_chars: int = 4000, *args: Any, **kwargs: Any
+    ) -> ar.Observation:
+        if name == "echo":
+            return ar.Observation(f"echo {arguments}", None)
+        return await super().call(name, arguments, max_chars, *args, **kwargs)
+
+
+async def test_a_registry_serving_a_tool_its_get_does_not_know_serves_it_with_checkpoints(
+    open_backend: Callable[[], ar.SqliteBackend],
+) -> None:
+    runtime = ar.AgentRuntime(
+        ar.AgentConfig(mode="tools"), tools=_ServesEcho(), checkpoint_backend=open_backend()
+    )
+    session = runtime.create_session("a")
+    model = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([("echo", {"t": 1})]), "done"])
+    assert await runtime.run_turn(session, "q", model) == "done"
+    assert (session.steps[0].observation, session.steps[0].error_kind) == ("echo {'t': 1}", None)
