@@ -3580,10 +3580,14 @@ class AgentRuntime(Unshared):
             # saves a write per step. A tool taking the key keeps it: its key must name this
             # call.
             if record_result or spec is None or not spec.idempotent or spec.takes_idempotency_key:
-                if spec is None:  # a resume then knows the call ran no tool (`_check_repeatable`)
-                    intent["unlisted"] = True
-                    # And so does this run, if its tool is registered meanwhile.
-                    unlisted = unlisted or own_call
+                if spec is None:
+                    # No tool has the name: a resume then knows the call ran no tool
+                    # (`_check_repeatable`), and this run answers it so, even if its tool is
+                    # registered meanwhile. Not with a registry's own `call`, which may serve
+                    # the name: a resume then refuses the call, as one that may have run.
+                    if own_call:
+                        intent["unlisted"] = True
+                        unlisted = True
                 elif not spec.takes_idempotency_key:
                     # A resume then knows the call's tool got no key: repeated under one by a
                     # tool upgraded to take it, it could not tell the repeat (the charge twice).

@@ -873,23 +873,65 @@ async def test_a_call_of_a_tool_registered_after_its_intent_is_answered_as_unkno
 
 
 class _ServesEcho(ar.ToolRegistry):
-    """A registry whose own `call` serves a tool its `get` does not know."""
+    """A registry whose own `call` serves a tool its `get` does not know (`echo`), holding
+    while `holding` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.echoed = 0
+        self.holding = False
+        self.started = asyncio.Event()
 
     async def call(  # type: ignore[override]
         self, name: str, arguments: Any, max_chars: int = 4000, *args: Any, **kwargs: Any
     ) -> ar.Observation:
-        if name == "echo":
-            return ar.Observation(f"echo {arguments}", None)
-        return await super().call(name, arguments, max_chars, *args, **kwargs)
+        if name != "echo":
+            return await super().call(name, arguments, max_chars, *args, **kwargs)
+        self.echoed += 1
+        self.started.set()
+        if self.holding:
+            await asyncio.Event().wait()
+        return ar.Observation(f"echo {arguments}", None)
+
+
+def _echo_model() -> ar.ScriptedProvider:
+    return ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([("echo", {"t": 1})]), "done"])
 
 
 async def test_a_registry_serving_a_tool_its_get_does_not_know_serves_it_with_checkpoints(
     open_backend: Callable[[], ar.SqliteBackend],
 ) -> None:
+    registry = _ServesEcho()
     runtime = ar.AgentRuntime(
-        ar.AgentConfig(mode="tools"), tools=_ServesEcho(), checkpoint_backend=open_backend()
+        ar.AgentConfig(mode="tools"), tools=registry, checkpoint_backend=open_backend()
     )
     session = runtime.create_session("a")
-    model = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([("echo", {"t": 1})]), "done"])
-    assert await runtime.run_turn(session, "q", model) == "done"
+    assert await runtime.run_turn(session, "q", _echo_model()) == "done"
     assert (session.steps[0].observation, session.steps[0].error_kind) == ("echo {'t': 1}", None)
+    assert registry.echoed == 1
+
+
+async def test_a_call_such_a_registry_served_as_it_was_cut_off_is_refused_by_resume(
+    open_backend: Callable[[], ar.SqliteBackend],
+) -> None:
+    # Journaled as a call of no tool (its `get` knows none), the resume answered it as
+    # unknown though it had run: it is a call that may have run, to be settled.
+    registry = _ServesEcho()
+    registry.holding = True
+
+    def runtime() -> ar.AgentRuntime:
+        return ar.AgentRuntime(
+            ar.AgentConfig(mode="tools"), tools=registry, checkpoint_backend=open_backend()
+        )
+
+    first = runtime()
+    session = first.create_session("a")
+    task = asyncio.ensure_future(first.run_turn(session, "q", _echo_model()))
+    await registry.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    registry.holding = False
+    with pytest.raises(ar.ToolError, match="settle_call"):
+        await runtime().resume(session.session_id, closing_model("tools"))
+    assert registry.echoed == 1
