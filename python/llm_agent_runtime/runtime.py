@@ -3774,14 +3774,15 @@ class AgentRuntime(Unshared):
         intent: dict[str, Any],
         replacing: dict[str, Any] | None,
     ) -> None:
-        """Takes back the intent of a call cut off as it was journaled: the call never ran.
+        """Takes back the intent of a call that never ran, for `_call_journaled` too.
 
-        Else a resume would refuse it as one that may have run (a tool neither idempotent
-        nor taking the key), to be settled by hand. Done even as the run is cancelled (or
-        times out), as a result's entry is (see `_through_cancellation`); a failure leaves
-        the intent, logged and counted as a failed checkpoint is, and so does an intent
-        write that lands after it (one a backend still runs past its grace for a cancelled
-        call): a resume then refuses the call, as before.
+        A call cut off as its intent was journaled, or before its tool was called. Else a
+        resume would refuse it as one that may have run (a tool neither idempotent nor taking
+        the key), to be settled by hand. Done even as the run is cancelled (or times out), as
+        a result's entry is (see `_through_cancellation`); a failure leaves the intent,
+        logged and counted as a failed checkpoint is, and so does an intent write that lands
+        after it (one a backend still runs past its grace for a cancelled call): a resume
+        then refuses the call, as before.
         """
         checkpoints = self._checkpoints
         assert checkpoints is not None
