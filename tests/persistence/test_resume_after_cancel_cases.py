@@ -598,7 +598,29 @@ async def test_a_call_cut_off_as_its_intent_lands_is_not_refused_as_one_that_may
 
 
 class ListenerFailed(Exception):
-    """What the listener of `test_a_call_stopped_at_its_start_...` raises."""
+    """What a listener of `stopped_at_start` raises."""
+
+
+async def stopped_at_start(
+    runtime: ar.AgentRuntime, run: Awaitable[Any], stop: str, tool: str | None = None
+) -> None:
+    """Runs `run`, a run of `runtime`, stopped at the `ToolCallStarted` of `tool` (of any tool
+    but `add`, by default): cancelled there (a Ctrl-C at that moment), or failed by the
+    listener (`stop`)."""
+    task = asyncio.ensure_future(run)
+
+    def stop_there(event: Any) -> None:
+        if not isinstance(event, ar.ToolCallStarted):
+            return
+        if event.tool != "add" if tool is None else event.tool == tool:
+            if stop == "cancel":
+                task.cancel()
+            else:
+                raise ListenerFailed
+
+    runtime.events.on(stop_there)
+    with pytest.raises(asyncio.CancelledError if stop == "cancel" else ListenerFailed):
+        await task
 
 
 @MODES
@@ -629,18 +651,7 @@ async def test_a_call_stopped_at_its_start_event_is_not_refused_as_one_that_may_
     first = runtime()
     session = first.create_session("a")
     charge = ("charge", {"amount": 5})
-    task = asyncio.ensure_future(first.run_turn(session, "q", first_model(mode, charge)))
-
-    def stop_at_the_charge(event: Any) -> None:
-        if isinstance(event, ar.ToolCallStarted) and event.tool == "charge":
-            if stop == "cancel":
-                task.cancel()
-            else:
-                raise ListenerFailed
-
-    first.events.on(stop_at_the_charge)
-    with pytest.raises(asyncio.CancelledError if stop == "cancel" else ListenerFailed):
-        await task
+    await stopped_at_start(first, first.run_turn(session, "q", first_model(mode, charge)), stop)
     assert setup.tools.calls["charge"] == 0
     setup.tools.holding = False
     if guarded:  # the reply of step 2 is reused: the model is asked for the answer alone
@@ -678,13 +689,8 @@ async def test_a_round_call_whose_start_event_failed_is_run_by_the_resume(
     session = first.create_session("a")
     calls = [("charge", {"amount": 5}), ("price", {"item": "tea"})]
 
-    def fail_at(event: Any) -> None:
-        if isinstance(event, ar.ToolCallStarted) and event.tool == failing:
-            raise ListenerFailed
-
-    first.events.on(fail_at)
-    with pytest.raises(ListenerFailed):
-        await first.run_turn(session, "q", first_model("tools", *calls))
+    run = first.run_turn(session, "q", first_model("tools", *calls))
+    await stopped_at_start(first, run, "listener error", failing)
     assert setup.tools.calls[failing] == 0
     closing = closing_model("tools")  # the round's reply is journaled: only the answer is asked
     resumed = await runtime().resume(session.session_id, closing)
@@ -716,18 +722,7 @@ async def test_a_resume_stopped_at_the_start_of_a_call_found_journaled_keeps_its
     journaled = await open_backend().load(key)
     assert journaled is not None and decode(journaled, key, "call")["state"] == "intent"
     second = setup.make_runtime()
-    task = asyncio.ensure_future(second.resume(session.session_id, closing_model(mode)))
-
-    def stop_at_the_send(event: Any) -> None:
-        if isinstance(event, ar.ToolCallStarted) and event.tool == "send":
-            if stop == "cancel":
-                task.cancel()
-            else:
-                raise ListenerFailed
-
-    second.events.on(stop_at_the_send)
-    with pytest.raises(asyncio.CancelledError if stop == "cancel" else ListenerFailed):
-        await task
+    await stopped_at_start(second, second.resume(session.session_id, closing_model(mode)), stop)
     assert await open_backend().load(key) == journaled
     closing = closing_model(mode)
     resumed = await setup.make_runtime().resume(session.session_id, closing)
