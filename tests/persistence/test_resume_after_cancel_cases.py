@@ -140,6 +140,17 @@ def closing_model(mode: str) -> Any:
     return ar.ScriptedProvider(["done"]) if mode == "tools" else Model(DONE_REACT)
 
 
+def charge_again_model(mode: str, guarded: bool, charge: tuple[str, dict[str, Any]]) -> Any:
+    """The model of a resume of step 2, whose `charge` call never ran: in a guarded run, the
+    step's reply is reused and the model asked for the answer alone; else the step is asked
+    of the model again (cut off before its call was journaled)."""
+    if guarded:
+        return closing_model(mode)
+    if mode == "tools":
+        return ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([charge]), "done"])
+    return Model(react_step(*charge), DONE_REACT)
+
+
 def model_calls(model: Any) -> int:
     return model.calls if isinstance(model, ar.ScriptedProvider) else model.asked
 
@@ -582,12 +593,7 @@ async def test_a_call_cut_off_as_its_intent_lands_is_not_refused_as_one_that_may
         backend.close()
     assert setup.tools.calls["charge"] == 0
     setup.tools.holding = False
-    if guarded:  # the reply of step 2 is reused: the model is asked for the answer alone
-        closing = closing_model(mode)
-    elif mode == "tools":
-        closing = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([charge]), "done"])
-    else:
-        closing = Model(react_step(*charge), DONE_REACT)
+    closing = charge_again_model(mode, guarded, charge)
     resumed = await runtime(open_backend()).resume(session.session_id, closing)
     assert kept(resumed) == [ADDED, ("charge", "charged", None), ANSWERED]
     assert model_calls(closing) == (1 if guarded else 2)
@@ -654,12 +660,7 @@ async def test_a_call_stopped_at_its_start_event_is_not_refused_as_one_that_may_
     await stopped_at_start(first, first.run_turn(session, "q", first_model(mode, charge)), stop)
     assert setup.tools.calls["charge"] == 0
     setup.tools.holding = False
-    if guarded:  # the reply of step 2 is reused: the model is asked for the answer alone
-        closing = closing_model(mode)
-    elif mode == "tools":
-        closing = ar.ScriptedProvider([ar.ScriptedProvider.tool_call_reply([charge]), "done"])
-    else:
-        closing = Model(react_step(*charge), DONE_REACT)
+    closing = charge_again_model(mode, guarded, charge)
     resumed = await runtime().resume(session.session_id, closing)
     assert kept(resumed) == [ADDED, ("charge", "charged", None), ANSWERED]
     assert setup.tools.calls == {"add": 1, "lookup": 0, "charge": 1, "send": 0, "price": 0}
