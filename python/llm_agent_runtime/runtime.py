@@ -2712,10 +2712,11 @@ class AgentRuntime(Unshared):
             if busy is not None:
                 busy.start()
                 busy_started = True
+            # The setting's backing attribute: a tool call pays no property call.
+            limit = self._config.max_observation_chars
             start = time.perf_counter()
             if self._tracer is not None:
                 with _traced(self._tracer, "agent.tool", {"tool": name}) as span:
-                    limit = self._config.max_observation_chars
                     observation = await (
                         self._tools.call(name, arguments, limit, key, task=task)
                         if on_start is None  # not passed: a registry's own `call` may not take it
@@ -2726,8 +2727,6 @@ class AgentRuntime(Unshared):
                     if observation.error_kind is not None:  # a failure the tool call absorbed
                         _mark_failed(span, observation)
             else:
-                # The setting's backing attribute: a tool call pays no property call.
-                limit = self._config.max_observation_chars
                 observation = await (
                     self._tools.call(name, arguments, limit, key, task=task)
                     if on_start is None  # not passed: a registry's own `call` may not take it
