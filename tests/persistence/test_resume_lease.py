@@ -502,10 +502,10 @@ class SwallowingCancellation(Delegating):
 
     async def load(self, key: str) -> bytes | None:
         value = await self.inner.load(key)
-        if ":resume:" in key:  # a renewal's read
+        if ":resume:" in key and not self.reading.is_set():  # the first renewal's read
             self.reading.set()
-            try:
-                await asyncio.sleep(LEASE)
+            try:  # until cancelled: however slow the failed run's end, the read is still on
+                await asyncio.sleep(60)
             except asyncio.CancelledError:
                 self.swallowed += 1
         return value
