@@ -601,6 +601,34 @@ async def test_session_messages_that_are_no_list_are_refused_before_the_model_is
     assert asked == [] and session.final_answer is None and session.steps == []
 
 
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize("checkpoints", [False, True])
+async def test_a_hook_leaving_session_messages_no_list_is_refused_before_the_model_is_asked(
+    mode: str, checkpoints: bool
+) -> None:
+    # A hook may summarise the chat (it rewrites `session.messages`); the answered turn is
+    # appended to it, so a tuple would fail only after the model was paid.
+    class Summarise(ar.Middleware):
+        def on_user_message(self, session: ar.AgentSession, text: str) -> None:
+            session.messages = tuple(session.messages[-2:])  # type: ignore[assignment]
+
+    provider = ar.ScriptedProvider([FINAL if mode == "react" else "ok"])
+    backend = ar.InMemoryBackend() if checkpoints else None
+    config = ar.AgentConfig(mode=mode)  # type: ignore[arg-type]
+    rt = ar.AgentRuntime(config, middlewares=[Summarise()], checkpoint_backend=backend)
+    session = rt.create_session("a", "s")
+    session.messages = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    with pytest.raises(
+        ar.AgentRuntimeError,
+        match=r"session\.messages must be a list of messages \(as an on_user_message hook left "
+        r"it\), got tuple",
+    ):
+        await rt.run_turn(session, "q", provider)
+    assert provider.calls == 0 and session.final_answer is None and session.steps == []
+    if backend is not None:
+        assert await backend.list_keys("session:s") == []
+
+
 @pytest.mark.parametrize("arguments", [{(1, 2): 3}, "loop"])
 async def test_history_tool_call_arguments_that_are_not_json_data_are_named(
     arguments: Any,

@@ -1067,10 +1067,7 @@ class AgentRuntime(Unshared):
             raise AgentRuntimeError(
                 f"session must be an AgentSession (see create_session), got {_kind(session)}"
             )
-        if not isinstance(session.messages, list):  # the turn is added to it, once answered
-            raise AgentRuntimeError(
-                f"session.messages must be a list of messages, got {_kind(session.messages)}"
-            )
+        _check_messages_list(session, "")
         if not isinstance(message, str):
             raise AgentRuntimeError(f"message must be a string, got {_kind(message)}")
         history = self.trim_history(session.messages)
@@ -1518,6 +1515,7 @@ class AgentRuntime(Unshared):
                 if hooks and history is not None:
                     # A hook may have changed the chat (a summary for old turns, a reset):
                     # the turn sends what it saves, and a resume sends again.
+                    _check_messages_list(session, " (as an on_user_message hook left it)")
                     history = self.trim_history(session.messages)
                     if provider is not None:
                         _check_tool_exchanges(session.messages)
@@ -4513,6 +4511,17 @@ def _chat_message(message: dict[str, Any]) -> Message:
         message.get("tool_call_id"),
         message.get("name"),
     )
+
+
+def _check_messages_list(session: AgentSession, where: str) -> None:
+    """Raises `AgentRuntimeError` unless `session.messages` is a list.
+
+    An answered turn is appended to it: anything else would fail after the model was paid.
+    """
+    if not isinstance(session.messages, list):
+        raise AgentRuntimeError(
+            f"session.messages must be a list of messages{where}, got {_kind(session.messages)}"
+        )
 
 
 def _check_tool_exchanges(messages: list[dict[str, Any]]) -> None:
