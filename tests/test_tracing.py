@@ -545,3 +545,132 @@ def test_a_deadline_passed_mid_stream_is_said_as_the_runs_timeout_on_its_span() 
     llm = [line for line in lines if line.startswith("agent.llm")]
     assert llm == ["agent.llm ERROR the run's loop_timeout_ms passed []"] * 2
     assert lines[0].startswith("agent loop timed out after 50 ms")
+
+
+TRACING_SWITCHED_ON_MID_RUN = SETUP.replace("trace.set_tracer_provider(provider)", "") + (
+    textwrap.dedent(
+        """
+        from llm_agent_runtime.providers.base import ChatResponse, ToolCall
+
+        @ar.tool
+        async def wait() -> str:
+            '''Waits.'''
+            inside.set()
+            await go.wait()
+            return "ok"
+
+        def calls(name):
+            return ChatResponse(tool_calls=[ToolCall("c1", name, {})])
+
+        async def main():
+            global go, inside
+            go, inside = asyncio.Event(), asyncio.Event()
+            runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), tools=[wait])
+            first = asyncio.ensure_future(
+                runtime.run_agent_with_provider(
+                    "A", "q", ar.ScriptedProvider([calls("wait"), calls("wait"), "done A"])
+                )
+            )
+            await inside.wait()  # the first run waits in its tool
+            trace.set_tracer_provider(provider)  # the application switches tracing on now
+            await runtime.run_agent_with_provider("B", "q", ar.ScriptedProvider(["done B"]))
+            go.set()
+            await first
+            for span in exporter.get_finished_spans():
+                agent = dict(span.attributes or {}).get("agent_id", "")
+                print(span.name, agent, span.parent is not None)
+
+        asyncio.run(main())
+        """
+    )
+)
+
+
+def test_a_run_started_before_tracing_was_switched_on_makes_no_orphan_spans() -> None:
+    # The first run's later calls were spans of traces of their own, with no parent.
+    assert _run(TRACING_SWITCHED_ON_MID_RUN) == ["agent.llm  True", "agent.run B False"]
+
+
+RESUME_CLOSING = SETUP + textwrap.dedent(
+    """
+    db = trace.get_tracer("db")
+
+    class NoFinal(ar.InMemoryBackend):
+        failing = True
+
+        async def batch_save(self, items):
+            with db.start_as_current_span("db.write"):
+                if self.failing and any(key.count(":") == 1 for key in items):  # final record
+                    raise OSError("disk full")
+                await super().batch_save(items)
+
+    backend = NoFinal()
+    runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"), checkpoint_backend=backend)
+    session = runtime.create_session("a", "s")
+    try:
+        asyncio.run(runtime.run_turn(session, "q", ar.ScriptedProvider(["answer"])))
+    except ar.PersistenceError:
+        pass
+    for failing in (True, False):  # the answered run is closed: first failing again, then not
+        backend.failing = failing
+        exporter.clear()
+        try:
+            asyncio.run(runtime.resume("s", ar.ScriptedProvider(["unused"])))
+        except ar.PersistenceError:
+            pass
+        for span in exporter.get_finished_spans():
+            attributes = dict(span.attributes or {})
+            print(span.name, span.parent is not None, span.status.status_code.name, attributes)
+    """
+)
+
+
+def test_a_resume_closing_an_answered_run_is_a_run_span() -> None:
+    # Its writes, and its failure, were outside any run span.
+    lines = _run(RESUME_CLOSING)
+    run = "{'agent_id': 'a', 'session_id': 's'}"
+    assert lines == [
+        "db.write True ERROR {}",
+        f"agent.run False ERROR {run}",
+        "db.write True UNSET {}",
+        f"agent.run False UNSET {run}",
+    ]
+
+
+WRONG_REPLIES = SETUP + textwrap.dedent(
+    """
+    class Wrong:
+        async def chat(self, messages, tools=None, model=None, **params):
+            return {"text": "done"}
+
+    async def nothing(prompt):
+        return None
+
+    for mode in ("tools", "react"):
+        runtime = ar.AgentRuntime(ar.AgentConfig(mode=mode))
+        try:
+            asyncio.run(runtime.run_agent_with_provider("a", "q", Wrong()))
+        except ar.AgentLoopError:
+            pass
+    try:
+        asyncio.run(ar.AgentRuntime().run_agent("a", "q", nothing))
+    except ar.AgentLoopError:
+        pass
+    for span in exporter.get_finished_spans():
+        print(span.name, span.status.status_code.name, span.status.description)
+    """
+)
+
+
+def test_a_reply_of_the_wrong_type_fails_its_llm_span() -> None:
+    # In tools mode and from a plain `infer`, the call's span said it worked.
+    chat = "AgentLoopError: the provider's chat must return a ChatResponse, got dict"
+    text = "AgentLoopError: the model's reply must be a str, got None"
+    assert _run(WRONG_REPLIES) == [
+        f"agent.llm ERROR {chat}",
+        f"agent.run ERROR {chat}",
+        f"agent.llm ERROR {chat}",
+        f"agent.run ERROR {chat}",
+        f"agent.llm ERROR {text}",
+        f"agent.run ERROR {text}",
+    ]

@@ -247,6 +247,11 @@ _DEADLINE_SCOPE: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.Co
 (a parallel round's call tasks see it too): read only when a call is cut off, to tell the
 run's `loop_timeout_ms` from a cancellation from outside."""
 
+_RUN_TRACER: contextvars.ContextVar[Any] = contextvars.ContextVar("_RUN_TRACER", default=None)
+"""The tracer of the run in progress in this context (None: the run has no span). A run
+started before tracing was switched on (see `_run_span`) makes no span of its calls either:
+they would be roots of traces of their own."""
+
 _RUN_TASK: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
     "_RUN_TASK", default=None
 )
@@ -1153,13 +1158,11 @@ class AgentRuntime(Unshared):
         requested = None if self._config.model else _requested_model(None, provider)
 
         async def infer(text: str) -> str:
-            if requested is not None and self._tracer is not None:  # the provider's own model
-                _name_requested_model(requested)
+            if requested is not None and self._tracer is not None and _RUN_TRACER.get() is not None:
+                _name_requested_model(requested)  # the provider's own model
             response = await chat([Message("user", text)], **params)
             if not isinstance(response, ChatResponse):  # as the tool loop refuses it
-                raise AgentLoopError(
-                    f"the provider's chat must return a ChatResponse, got {_kind(response)}"
-                )
+                raise _not_chat_response(response)
             return _provider_reply(response)
 
         if not _streams_text(provider):
@@ -1169,7 +1172,7 @@ class AgentRuntime(Unshared):
         async def stream(
             text: str, session: AgentSession, deadline: float | None, budget: CostBudget | None
         ) -> tuple[_ProviderReply, _Streamed]:
-            if requested is not None and self._tracer is not None:
+            if requested is not None and self._tracer is not None and _RUN_TRACER.get() is not None:
                 _name_requested_model(requested)
             messages = [Message("user", text)]
             streamed = await self._chat_stream(
@@ -1336,6 +1339,7 @@ class AgentRuntime(Unshared):
         settle = True  # not when cancelled
         deadline: float | None = None
         try:
+            span, tracer = self._run_span(agent_id, session_id)  # before the run counts
             metrics.session_started()
             before = (session.prompt, session.final_answer)  # the earlier turns' session
             session.prompt = prompt
@@ -1353,19 +1357,8 @@ class AgentRuntime(Unshared):
             events = self.events
             callbacks_token = RUN_CALLBACKS.set(callbacks)
             run_task_token = _RUN_TASK.set(current_task())
+            run_tracer_token = _RUN_TRACER.set(tracer)
             try:
-                if self._awaiting_tracer and not _tracer_awaited():  # a provider set since
-                    self._tracer = _load_tracer()
-                    self._awaiting_tracer = False
-                span = (
-                    _traced(
-                        self._tracer,
-                        "agent.run",
-                        {"agent_id": agent_id, "session_id": session_id},
-                    )
-                    if self._tracer is not None
-                    else _NO_SPAN
-                )
                 # The run's span covers all of it: its checkpoints, and a failed run's last
                 # save and its ErrorEvent (spans of a listener or a backend are its children).
                 with span:
@@ -1412,6 +1405,7 @@ class AgentRuntime(Unshared):
             finally:
                 metrics.session_finished()
                 try:
+                    _RUN_TRACER.reset(run_tracer_token)
                     _RUN_TASK.reset(run_task_token)
                     RUN_CALLBACKS.reset(callbacks_token)
                 except ValueError:  # closed by the GC outside its task's context: gone with it
@@ -1432,6 +1426,21 @@ class AgentRuntime(Unshared):
                     guard.release()
             if callbacks and settle:
                 await settle_callbacks(callbacks, deadline, session_id)
+
+    def _run_span(self, agent_id: str, session_id: str) -> tuple[Any, Any]:
+        """The `agent.run` span of a run starting now (`_NO_SPAN` untraced), and its tracer.
+
+        The tracer is loaded here once a tracer provider is set after the runtime was built;
+        the run's calls make their spans with the tracer it started with (`_RUN_TRACER`).
+        """
+        if self._awaiting_tracer and not _tracer_awaited():  # a provider set since
+            self._tracer = _load_tracer()
+            self._awaiting_tracer = False
+        tracer = self._tracer
+        if tracer is None:
+            return _NO_SPAN, None
+        attributes = {"agent_id": agent_id, "session_id": session_id}
+        return _traced(tracer, "agent.run", attributes), tracer
 
     async def _end_failed_run(
         self,
@@ -1884,14 +1893,17 @@ class AgentRuntime(Unshared):
                     _OPEN_CALLS[task] = bill
                     try:
                         # Streamed only while someone listens (the event log keeps no delta).
-                        if self._tracer is not None:
-                            with _traced(self._tracer, "agent.llm", llm_attributes) as span:
+                        if self._tracer is not None and (tracer := _RUN_TRACER.get()) is not None:
+                            with _traced(tracer, "agent.llm", llm_attributes) as span:
                                 if stream is not None and events.listening:
                                     reply, streamed = await stream(
                                         text_prompt, session, deadline, budget
                                     )
                                 else:
                                     reply = await infer(text_prompt)
+                                # Checked in the span: a reply of the wrong type fails the call.
+                                if type(reply) is not _ProviderReply and not isinstance(reply, str):
+                                    raise _not_text(reply)
                                 _describe_llm_call(span, reply)
                         elif stream is not None and events.listening:
                             reply, streamed = await stream(text_prompt, session, deadline, budget)
@@ -2187,10 +2199,10 @@ class AgentRuntime(Unshared):
                 _OPEN_CALLS[task] = bill
                 try:
                     # An unstreamed call is the provider's own coroutine: one frame, not two.
-                    if self._tracer is not None:
+                    if self._tracer is not None and (tracer := _RUN_TRACER.get()) is not None:
                         # Called in the span (a provider may start its work when called), with
                         # the keywords as a dict: tracing costs far more than building it.
-                        with _traced(self._tracer, "agent.llm", llm_attributes) as span:
+                        with _traced(tracer, "agent.llm", llm_attributes) as span:
                             if stream:
                                 streamed = await self._chat_stream(
                                     session, provider, messages, tool_defs, params, deadline, budget
@@ -2201,6 +2213,11 @@ class AgentRuntime(Unshared):
                                     response = await chat(messages, tools=tool_defs, **params)
                                 except UnreadableArgumentsError as error:  # a reply all the same
                                     response = error.response
+                            # Checked in the span: a reply of the wrong type fails the call.
+                            if not isinstance(response, ChatResponse):
+                                raise _not_chat_response(response)
+                            if not isinstance(response.text, str):
+                                raise _not_text(response.text)
                             _describe_llm_call(span, response)
                     elif stream:
                         streamed = await self._chat_stream(
@@ -2226,9 +2243,7 @@ class AgentRuntime(Unshared):
                         _OPEN_CALLS[task] = outer
             model_ms = (perf() - round_start) * 1000.0
             if not isinstance(response, ChatResponse):
-                raise AgentLoopError(
-                    f"the provider's chat must return a ChatResponse, got {_kind(response)}"
-                )
+                raise _not_chat_response(response)
             text = response.text
             if not isinstance(text, str):
                 raise _not_text(text)
@@ -2713,8 +2728,8 @@ class AgentRuntime(Unshared):
             # The setting's backing attribute: a tool call pays no property call.
             limit = self._config.max_observation_chars
             start = time.perf_counter()
-            if self._tracer is not None:
-                with _traced(self._tracer, "agent.tool", {"tool": name}) as span:
+            if self._tracer is not None and (tracer := _RUN_TRACER.get()) is not None:
+                with _traced(tracer, "agent.tool", {"tool": name}) as span:
                     observation = await (
                         self._tools.call(name, arguments, limit, key, task=task)
                         if on_start is None  # not passed: a registry's own `call` may not take it
@@ -2799,10 +2814,8 @@ class AgentRuntime(Unshared):
         failed at once in the events (so listeners see the denial), and a failed tool span
         in a trace. The run goes into `ended` at `index` before the events (see `_call_tool`).
         """
-        if self._tracer is not None:
-            with self._tracer.start_as_current_span(
-                "agent.tool", attributes={"tool": name}
-            ) as span:
+        if self._tracer is not None and (tracer := _RUN_TRACER.get()) is not None:
+            with tracer.start_as_current_span("agent.tool", attributes={"tool": name}) as span:
                 _mark_failed(span, denial)
         if denial.error_kind == "not_found":  # even if registered since: it was not reached
             counted = _UNKNOWN_TOOL
@@ -4144,21 +4157,28 @@ class AgentRuntime(Unshared):
                 timeout = self._config.loop_timeout_ms
                 deadline = None if timeout is None else time.perf_counter() + timeout / 1000
                 try:
-                    reported: list[bool] = []
-                    closing = self._close_answered(session, state, reported)
-                    if timeout is None:
-                        await closing
-                    elif await _within_deadline(closing, timeout / 1000):
-                        raise AgentLoopError(f"{_timed_out(timeout)} (closing the session)")
-                except BaseException as error:
-                    # As a run's failure ends: the ErrorEvent emitted, its claims released; and,
-                    # after the RunFinished this close reported, logged with the session (a run
-                    # that reported its end logged its own failure then).
-                    left = _RESUME_CLAIM_LEFT
-                    settle = False
-                    await self._end_failed_run(session, error, self.events, left, bool(reported))
-                    settle = isinstance(error, Exception)
-                    raise
+                    # A run's span, as `_run` makes, around the close and its failure's end.
+                    span, _ = self._run_span(session.agent_id, session_id)
+                    with span:
+                        try:
+                            reported: list[bool] = []
+                            closing = self._close_answered(session, state, reported)
+                            if timeout is None:
+                                await closing
+                            elif await _within_deadline(closing, timeout / 1000):
+                                raise AgentLoopError(f"{_timed_out(timeout)} (closing the session)")
+                        except BaseException as error:
+                            # As a run's failure ends: the ErrorEvent emitted, its claims
+                            # released; and, after the RunFinished this close reported, logged
+                            # with the session (a run that reported its end logged its own
+                            # failure then).
+                            left = _RESUME_CLAIM_LEFT
+                            settle = False
+                            await self._end_failed_run(
+                                session, error, self.events, left, bool(reported)
+                            )
+                            settle = isinstance(error, Exception)
+                            raise
                 finally:
                     # Closed by the GC outside its task's context: the context went with it.
                     with contextlib.suppress(ValueError):
@@ -5608,6 +5628,11 @@ def _check_reply_set_later(response: ChatResponse) -> None:
         raise AgentLoopError(
             f"the provider's reply: stop_reason must be None or a str, got {_kind(stop_reason)}"
         )
+
+
+def _not_chat_response(response: Any) -> AgentLoopError:
+    """The error of a provider's `chat` that returned something else than a `ChatResponse`."""
+    return AgentLoopError(f"the provider's chat must return a ChatResponse, got {_kind(response)}")
 
 
 def _not_text(reply: Any) -> AgentLoopError:

@@ -474,11 +474,17 @@ async def test_an_interrupted_later_turn_is_resumed_as_that_turn_even_when_cut_o
     assert events.count("ErrorEvent") == 2 and events[-1] == "RunFinished"
 
 
+SLOW_WRITE_TIMEOUT_MS = 600
+"""The loop timeout of a run cut off while `SlowResultWrites` holds a write: the run must
+reach that write first, which a busy machine may take more than `TIMEOUT_MS` to do (the test
+then waited for it forever)."""
+
+
 class SlowResultWrites(ar.SqliteBackend):
     """SQLite on which the first write of a tool call's result takes `HOLD` seconds to start
     (a database another process keeps locked, say)."""
 
-    HOLD = (TIMEOUT_MS + 60) / 1000
+    HOLD = (SLOW_WRITE_TIMEOUT_MS + 60) / 1000
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -502,7 +508,7 @@ async def test_a_round_cut_off_while_a_finished_call_is_journaled_keeps_its_resu
     # refuses the call (`add`, not idempotent) nor runs it again (`price`, idempotent).
     setup = Setup("tools", how, open_backend)
     backend = SlowResultWrites(tmp_path / "store.db")
-    timeout = TIMEOUT_MS if how == "timeout" else None
+    timeout = SLOW_WRITE_TIMEOUT_MS if how == "timeout" else None
     runtime = ar.AgentRuntime(
         ar.AgentConfig(mode="tools", loop_timeout_ms=timeout),
         tools=setup.tools.specs(),
