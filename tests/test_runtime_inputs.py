@@ -629,6 +629,58 @@ async def test_a_hook_leaving_session_messages_no_list_is_refused_before_the_mod
         assert await backend.list_keys("session:s") == []
 
 
+@pytest.mark.parametrize("mode", ["react", "tools"])
+@pytest.mark.parametrize("hook", ["on_pre_llm", "on_post_llm"])
+async def test_a_step_hook_leaving_session_messages_no_list_fails_the_turn_with_a_clear_error(
+    mode: str, hook: str
+) -> None:
+    # The answered turn is appended to the history: a tuple failed with a bare AttributeError
+    # once the model was paid, and left the answer set without its turn in the history.
+    def summarise(self: ar.Middleware, session: ar.AgentSession, text: str) -> None:
+        session.messages = tuple(session.messages)  # type: ignore[assignment]
+
+    middleware = type("Summarise", (ar.Middleware,), {hook: summarise})()
+    tool_step = 'Thought: t\nAction: add {"a": 1, "b": 2}'
+    replies: list[Any] = [tool_step, FINAL]
+    if mode == "tools":
+        replies = [ar.ScriptedProvider.tool_call_reply([("add", {"a": 1, "b": 2})]), "ok"]
+    provider = ar.ScriptedProvider(replies)
+    config = ar.AgentConfig(mode=mode)  # type: ignore[arg-type]
+    rt = ar.AgentRuntime(config, tools=[add], middlewares=[middleware])
+    session = rt.create_session("a")
+    if mode == "tools" and hook == "on_pre_llm":  # a text prompt's hook: tools mode has none
+        assert await rt.run_turn(session, "q", provider) == "ok"
+        return
+    with pytest.raises(
+        ar.AgentRuntimeError,
+        match=rf"session\.messages must be a list of messages \(as an {hook} hook left it\)",
+    ):
+        await rt.run_turn(session, "q", provider)
+    # Before the model is asked (a prompt's hook), or before the reply's tool runs.
+    assert provider.calls == (0 if hook == "on_pre_llm" else 1)
+    assert session.steps == [] and session.final_answer is None
+
+
+async def test_a_listener_leaving_session_messages_no_list_leaves_no_answer_without_its_turn() -> (
+    None
+):
+    rt = ar.AgentRuntime(tools=[add])
+    session = rt.create_session("a")
+
+    def replace(event: Any) -> None:
+        if isinstance(event, ar.ToolCallFinished):
+            session.messages = tuple(session.messages)  # type: ignore[assignment]
+
+    rt.events.on(replace)
+    provider = ar.ScriptedProvider(['Thought: t\nAction: add {"a": 1, "b": 2}', FINAL])
+    with pytest.raises(
+        ar.AgentRuntimeError,
+        match=r"session\.messages must be a list of messages \(as the run's tools or listeners",
+    ):
+        await rt.run_turn(session, "q", provider)
+    assert provider.calls == 2 and session.final_answer is None
+
+
 @pytest.mark.parametrize("arguments", [{(1, 2): 3}, "loop"])
 async def test_history_tool_call_arguments_that_are_not_json_data_are_named(
     arguments: Any,

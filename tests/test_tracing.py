@@ -639,9 +639,17 @@ def test_a_resume_closing_an_answered_run_is_a_run_span() -> None:
 
 WRONG_REPLIES = SETUP + textwrap.dedent(
     """
+    from llm_agent_runtime.providers.base import ChatResponse
+
     class Wrong:
         async def chat(self, messages, tools=None, model=None, **params):
             return {"text": "done"}
+
+    class WrongUsage:
+        async def chat(self, messages, tools=None, model=None, **params):
+            response = ChatResponse(text="done")
+            object.__setattr__(response, "usage", "many")  # set wrong after it was built
+            return response
 
     async def nothing(prompt):
         return None
@@ -656,6 +664,11 @@ WRONG_REPLIES = SETUP + textwrap.dedent(
         asyncio.run(ar.AgentRuntime().run_agent("a", "q", nothing))
     except ar.AgentLoopError:
         pass
+    try:
+        runtime = ar.AgentRuntime(ar.AgentConfig(mode="tools"))
+        asyncio.run(runtime.run_agent_with_provider("a", "q", WrongUsage()))
+    except ar.AgentLoopError:
+        pass
     for span in exporter.get_finished_spans():
         print(span.name, span.status.status_code.name, span.status.description)
     """
@@ -666,6 +679,7 @@ def test_a_reply_of_the_wrong_type_fails_its_llm_span() -> None:
     # In tools mode and from a plain `infer`, the call's span said it worked.
     chat = "AgentLoopError: the provider's chat must return a ChatResponse, got dict"
     text = "AgentLoopError: the model's reply must be a str, got None"
+    usage = "AgentLoopError: the provider's reply: usage must be a Usage, got str"
     assert _run(WRONG_REPLIES) == [
         f"agent.llm ERROR {chat}",
         f"agent.run ERROR {chat}",
@@ -673,4 +687,6 @@ def test_a_reply_of_the_wrong_type_fails_its_llm_span() -> None:
         f"agent.run ERROR {chat}",
         f"agent.llm ERROR {text}",
         f"agent.run ERROR {text}",
+        f"agent.llm ERROR {usage}",
+        f"agent.run ERROR {usage}",
     ]

@@ -1524,7 +1524,7 @@ class AgentRuntime(Unshared):
                 if hooks and history is not None:
                     # A hook may have changed the chat (a summary for old turns, a reset):
                     # the turn sends what it saves, and a resume sends again.
-                    _check_messages_list(session, " (as an on_user_message hook left it)")
+                    _check_messages_list(session, _LEFT_BY_HOOK % "on_user_message")
                     history = self.trim_history(session.messages)
                     if provider is not None:
                         _check_tool_exchanges(session.messages)
@@ -1886,6 +1886,8 @@ class AgentRuntime(Unshared):
                         text_prompt = await _rewrite(
                             hook(session, text_prompt), text_prompt, "on_pre_llm"
                         )
+                        if history is not None:  # before the model is asked
+                            _check_messages_list(session, _LEFT_BY_HOOK % "on_pre_llm")
                     if budget is not None:  # a spent budget pays for no further model call
                         budget.check()
                     model_start = perf()
@@ -1954,6 +1956,8 @@ class AgentRuntime(Unshared):
                         events.emit_new(LlmTextDelta, (session.session_id, reply))
                     for hook in post_hooks:
                         reply = await _rewrite(hook(session, reply), reply, "on_post_llm")
+                        if history is not None:  # before the step's tool runs
+                            _check_messages_list(session, _LEFT_BY_HOOK % "on_post_llm")
                     if events.active:
                         response_event = (session.session_id, len(session.steps), reply, model_ms)
                         events.emit_new(LlmResponse, response_event)
@@ -2019,9 +2023,9 @@ class AgentRuntime(Unshared):
                     0.0,
                     overhead_ms,
                 )
-                session.final_answer = final
                 if history is not None:  # the answered turn goes with its answer, before an await
                     _add_turn(session, prompt, final)
+                session.final_answer = final
                 session.steps.append(step)
                 metrics.record_step()
                 if checkpoints is not None:
@@ -2218,6 +2222,11 @@ class AgentRuntime(Unshared):
                                 raise _not_chat_response(response)
                             if not isinstance(response.text, str):
                                 raise _not_text(response.text)
+                            stop_reason = response.stop_reason
+                            if type(response.usage) is not Usage or not (
+                                stop_reason is None or type(stop_reason) is str
+                            ):
+                                _check_reply_set_later(response)
                             _describe_llm_call(span, response)
                     elif stream:
                         streamed = await self._chat_stream(
@@ -2277,6 +2286,8 @@ class AgentRuntime(Unshared):
                     events.emit_new(LlmTextDelta, (session.session_id, text))
                 for hook in post_hooks:
                     text = await _rewrite(hook(session, text), text, "on_post_llm")
+                    if history is not None:  # before the round's tools run
+                        _check_messages_list(session, _LEFT_BY_HOOK % "on_post_llm")
                 if events.active:
                     response_event = (session.session_id, len(session.steps), text, model_ms)
                     events.emit_new(LlmResponse, response_event)
@@ -2340,9 +2351,9 @@ class AgentRuntime(Unshared):
                     0.0,
                     overhead_ms,
                 )
-                session.final_answer = text
                 if history is not None:  # the answered turn goes with its answer, before an await
                     _add_turn(session, prompt, text)
+                session.final_answer = text
                 session.steps.append(step)
                 metrics.record_step()
                 if checkpoints is not None:
@@ -4472,7 +4483,13 @@ def _let_go(
 
 
 def _add_turn(session: AgentSession, prompt: str, answer: str) -> None:
-    """Adds a turn to the session's chat history: the user's message and the answer."""
+    """Adds a turn to the session's chat history: the user's message and the answer.
+
+    Raises:
+        AgentRuntimeError: The history is no longer a list (a tool or a listener replaced
+            it during the run).
+    """
+    _check_messages_list(session, " (as the run's tools or listeners left it)")
     session.messages.append({"role": "user", "content": prompt})
     session.messages.append({"role": "assistant", "content": answer})
 
@@ -4531,6 +4548,10 @@ def _chat_message(message: dict[str, Any]) -> Message:
         message.get("tool_call_id"),
         message.get("name"),
     )
+
+
+_LEFT_BY_HOOK = " (as an %s hook left it)"
+"""Where a hook left `session.messages` no list (see `_check_messages_list`)."""
 
 
 def _check_messages_list(session: AgentSession, where: str) -> None:
