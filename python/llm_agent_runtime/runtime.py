@@ -4341,7 +4341,9 @@ class AgentRuntime(Unshared):
 
         With `failed`, sessions whose latest run failed, timed out or was cancelled (or a
         fork not resumed since it was made) more than `older_than` seconds ago too: they
-        can no longer be resumed. Returns the ids of the deleted sessions.
+        can no longer be resumed. Returns the ids of the deleted sessions. The approval
+        decisions remembered here for a deleted session go with it (as `delete_session`'s): a
+        new session under its id is asked again.
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
@@ -4351,7 +4353,9 @@ class AgentRuntime(Unshared):
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("sweep needs a checkpoint_backend")
-        return await self._checkpoints.sweep(older_than, failed=failed)
+        return await self._checkpoints.sweep(
+            older_than, failed=failed, on_deleted=self.forget_approvals
+        )
 
     async def delete_session(self, session_id: str) -> bool:
         """Deletes a saved session whose latest run ended, finished or not.

@@ -2887,7 +2887,12 @@ class CheckpointStore:
 
     @_backend_failures_typed("the sweep")
     async def sweep(
-        self, older_than: float, now: float | None = None, *, failed: bool = False
+        self,
+        older_than: float,
+        now: float | None = None,
+        *,
+        failed: bool = False,
+        on_deleted: Callable[[str], object] | None = None,
     ) -> list[str]:
         """Deletes finished sessions that ended more than `older_than` seconds ago.
 
@@ -2914,6 +2919,9 @@ class CheckpointStore:
         keys (`:meta`, `:base:<n>`, `:step:<n>`, `:call:<n>:<i>`, `:event:<n>`, ...) are
         deleted, never those of another session (ids are escaped in keys: see
         `escape_session_id`).
+
+        `on_deleted` is called with each deleted session's id as soon as it is deleted: also
+        for those a sweep that then fails deleted (the runtime forgets their approvals so).
 
         Raises:
             PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), both
@@ -2959,6 +2967,8 @@ class CheckpointStore:
                     session_id, present, claimed, now, older_than, failed_before
                 ):
                     swept.append(session_id)
+                    if on_deleted is not None:
+                        on_deleted(session_id)
             except _DamagedSession as damage:
                 # One damaged session must not keep every one after it from being swept (a
                 # failing backend still ends the sweep at once).
