@@ -4361,10 +4361,11 @@ class AgentRuntime(Unshared):
         """Deletes a saved session whose latest run ended, finished or not.
 
         Its checkpoints, tool-call journal and event log go, and the approval decisions
-        remembered for it here. A run that failed, timed out or was cancelled ended too: its
-        session is deleted, and can no longer be resumed. Returns False when nothing of the
-        session is saved. A turn or resume that starts while it is deleted is refused (see
-        `CheckpointStore.delete_session`).
+        remembered for it here (also when the deletion fails: it may fail once the records
+        went, and a decision forgotten wrongly only asks again). A run that failed, timed
+        out or was cancelled ended too: its session is deleted, and can no longer be
+        resumed. Returns False when nothing of the session is saved. A turn or resume that
+        starts while it is deleted is refused (see `CheckpointStore.delete_session`).
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
@@ -4381,9 +4382,10 @@ class AgentRuntime(Unshared):
                 f"session_id must be a str, got {type(session_id).__name__} (for a session, "
                 "pass session.session_id)"
             )
-        deleted = await self._checkpoints.delete_session(session_id)
-        self.forget_approvals(session_id)
-        return deleted
+        try:
+            return await self._checkpoints.delete_session(session_id)
+        finally:  # also if it failed once its records went: at worst, asked again
+            self.forget_approvals(session_id)
 
     async def session_events(self, session_id: str) -> list[dict[str, Any]]:
         """The logged events of a session, oldest first (type and fields of each).

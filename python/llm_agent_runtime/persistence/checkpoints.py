@@ -2920,8 +2920,9 @@ class CheckpointStore:
         deleted, never those of another session (ids are escaped in keys: see
         `escape_session_id`).
 
-        `on_deleted` is called with each deleted session's id as soon as it is deleted: also
-        for those a sweep that then fails deleted (the runtime forgets their approvals so).
+        `on_deleted` is called with each deleted session's id as soon as it is deleted, and
+        with the id of the session a failing sweep was deleting (its records may be gone):
+        the runtime forgets their approvals so.
 
         Raises:
             PersistenceError: When `older_than` (or `now`) is not a number (or is NaN), both
@@ -2963,17 +2964,25 @@ class CheckpointStore:
         failed_before = (now - older_than) if failed else None
         for session_id in candidates:
             try:
-                if await self._sweep_candidate(
+                deleted = await self._sweep_candidate(
                     session_id, present, claimed, now, older_than, failed_before
-                ):
-                    swept.append(session_id)
-                    if on_deleted is not None:
-                        on_deleted(session_id)
+                )
             except _DamagedSession as damage:
                 # One damaged session must not keep every one after it from being swept (a
                 # failing backend still ends the sweep at once).
                 logger.warning("sweep: session %r left as it is: %s", session_id, damage.error)
                 damaged.append((session_id, damage.error))
+                continue
+            except BaseException:
+                # Cut short, maybe once its records went (its claim is dropped last): told
+                # as deleted, since a session told so wrongly costs only a question again.
+                if on_deleted is not None:
+                    on_deleted(session_id)
+                raise
+            if deleted:
+                swept.append(session_id)
+                if on_deleted is not None:
+                    on_deleted(session_id)
         for session_id in leftovers:
             key = session_key(session_id)
             if key not in present and f"{key}:meta" not in present:
