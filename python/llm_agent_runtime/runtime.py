@@ -4357,7 +4357,7 @@ class AgentRuntime(Unshared):
             older_than, failed=failed, on_deleted=self.forget_approvals
         )
 
-    async def delete_session(self, session_id: str) -> bool:
+    async def delete_session(self, session_id: str, *, force: bool = False) -> bool:
         """Deletes a saved session whose latest run ended, finished or not.
 
         Its checkpoints, tool-call journal and event log go, and the approval decisions
@@ -4366,14 +4366,16 @@ class AgentRuntime(Unshared):
         out or was cancelled ended too: its session is deleted, and can no longer be
         resumed. Returns False when nothing of the session is saved. A turn or resume that
         starts while it is deleted is refused (see `CheckpointStore.delete_session`).
+        `force` deletes a session whose records are damaged (which a deletion refuses, and
+        a sweep leaves): unread and unchecked, so use it only for a session no run uses.
 
         Raises:
             AgentRuntimeError: Without a checkpoint backend.
             TypeError: `session_id` is not a str.
             PersistenceError: The session's latest run has not ended (it runs, or its
                 process ended first: `resume` finishes it), a fork is being copied into it,
-                a run or sweep took it as it was deleted, its records are corrupt, or the
-                backend fails.
+                a run or sweep took it as it was deleted, its records are corrupt (`force`
+                deletes it), `force` is not a bool, or the backend fails.
         """
         if self._checkpoints is None:
             raise AgentRuntimeError("delete_session needs a checkpoint_backend")
@@ -4383,7 +4385,7 @@ class AgentRuntime(Unshared):
                 "pass session.session_id)"
             )
         try:
-            return await self._checkpoints.delete_session(session_id)
+            return await self._checkpoints.delete_session(session_id, force=force)
         finally:  # also if it failed once its records went: at worst, asked again
             self.forget_approvals(session_id)
 

@@ -504,6 +504,36 @@ async def test_a_damaged_meta_record_stops_no_sweep(
     assert info.value.key == "session:bad:meta"
 
 
+async def test_a_session_with_damaged_records_is_deleted_by_force_and_no_other(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # It could be neither deleted nor swept: its keys had to be deleted by hand, where a
+    # listing of "session:bad" takes "session:bad2"'s too.
+    async def finished(session_id: str) -> None:
+        session = ar.AgentRuntime().create_session("a", session_id)
+        await runtime_on(backend).run_agent("a", "Q", script(add_step(1), FINAL), session=session)
+
+    await finished("bad")
+    await backend.save("session:bad:meta", b"garbage")
+    await backend.save("session:bad:notes", b"the application's own")  # no record of ours
+    runtime = runtime_on(backend)
+    advice = r"delete_session\(session_id, force=True\) deletes such a session unread"
+    with pytest.raises(ar.PersistenceError, match=rf"records are damaged.*\({advice}\)") as info:
+        await runtime.delete_session("bad")
+    assert info.value.key == "session:bad:meta"
+    with pytest.raises(ar.PersistenceError, match=rf"each logged \({advice}\)"):
+        await runtime.sweep(0.0)
+    await finished("bad2")  # once swept: a neighbour by its key's prefix
+    with pytest.raises(ar.PersistenceError, match="force must be True or False, got 1"):
+        await runtime.delete_session("bad", force=1)  # type: ignore[arg-type]
+    assert await runtime.delete_session("bad", force=True) is True
+    assert await backend.list_keys("session:bad:") == ["session:bad:notes"]
+    assert await backend.load("session:bad") is None
+    assert await runtime.delete_session("bad", force=True) is False  # nothing left of it
+    assert (await ar.AgentSession.load_checkpoint(backend, "bad2")).final_answer == "finished"
+    assert await runtime.delete_session("bad2") is True  # still whole
+
+
 async def test_a_damaged_claim_of_a_finished_session_stops_no_sweep(
     backend: ar.PersistenceBackend,
 ) -> None:

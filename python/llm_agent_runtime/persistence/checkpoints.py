@@ -2991,13 +2991,14 @@ class CheckpointStore:
             first_id, first = damaged[0]
             raise PersistenceError(
                 f"sweep deleted {len(swept)} session(s) and left {len(damaged)} whose records "
-                f"are damaged, each logged; the first, {first_id!r}: {first.args[0]}",
+                f"are damaged, each logged ({_FORCE_ADVICE}); the first, {first_id!r}: "
+                f"{first.args[0]}",
                 first.key,
             ) from first
         return swept
 
     @_backend_failures_typed("deleting")
-    async def delete_session(self, session_id: str) -> bool:
+    async def delete_session(self, session_id: str, *, force: bool = False) -> bool:
         """Deletes every record of a session whose latest run ended: finished or failed.
 
         Its final checkpoint, steps, base records, tool-call journal, event log, meta and end
@@ -3013,24 +3014,45 @@ class CheckpointStore:
         copy of the session held in memory can still run a turn afterwards: it is then
         saved anew, whole.
 
+        With `force`, every record of the session is deleted unread, for one whose records
+        are damaged (which a deletion refuses, since whether its latest run ended cannot be
+        told, and a sweep leaves): nothing is checked or claimed, so a run of it still going
+        writes its later records anew. Only the session's own keys go (see `sweep`), its
+        final checkpoint last.
+
         Raises:
             PersistenceError: Nothing deleted: the session's latest run has not ended (it
                 runs, or its process ended before it saved its end: `runtime.resume`
                 finishes it), a fork is being copied into it, a run or sweep took it
-                meanwhile, or its records are corrupt. Or the deletion was cut short (a run
-                or a sweep took the session as it deleted, or the backend failed): what is
-                left loads as before or is deleted by the next call or sweep.
+                meanwhile, or its records are corrupt (`force` deletes it then); `force` is
+                not a bool. Or the deletion was cut short (a run or a sweep took the session
+                as it deleted, or the backend failed): what is left loads as before or is
+                deleted by the next call or sweep.
         """
+        if type(force) is not bool:
+            raise PersistenceError(f"force must be True or False, got {force!r}")
         key = session_key(session_id)
         listed = await self._list_keys(f"{key}:")
+        if force:
+            return await self._delete_unread(key, listed)
         found = await self._batch_load(_anchor_keys(key))
         meta_raw = found.get(f"{key}:meta")
         if not found:
             if listed:  # no session: what cut-short sweeps, forks and prunes left
                 await self._drop_leftovers(key)
             return False
-        meta = decode(meta_raw, f"{key}:meta", "meta") if meta_raw is not None else None
-        if _is_incomplete_fork(meta):
+        try:
+            meta = decode(meta_raw, f"{key}:meta", "meta") if meta_raw is not None else None
+            fork = _is_incomplete_fork(meta)
+            ended = fork or _latest_run_end(key, found) is not None
+        except PersistenceError as error:
+            raise PersistenceError(
+                f"session {session_id!r} cannot be deleted: its records are damaged, so "
+                f"whether its latest run ended cannot be told ({_FORCE_ADVICE}): "
+                f"{error.args[0]}",
+                key=error.key,
+            ) from error
+        if fork:
             if await self._sweep_fork(key, time.time() - _GRACE_SECONDS):
                 return True
             raise PersistenceError(
@@ -3038,7 +3060,7 @@ class CheckpointStore:
                 f"(delete it once the fork ended, or {_GRACE_SECONDS:.0f} s after it began)",
                 key=key,
             )
-        if _latest_run_end(key, found) is None:
+        if not ended:
             raise PersistenceError(
                 f"session {session_id!r} cannot be deleted: its latest run has not ended (it "
                 "runs, or its process ended before the run's end was saved: runtime.resume "
@@ -3053,6 +3075,24 @@ class CheckpointStore:
                 key=key,
             )
         return True
+
+    async def _delete_unread(self, key: str, listed: list[str]) -> bool:
+        """Deletes session key `key`'s own records (`listed`: the keys under it) unread.
+
+        See `delete_session`'s `force`. The final checkpoint last, and the meta record before
+        it: a deletion cut short leaves a session the next forced one finds. Returns whether
+        anything was stored.
+        """
+        prefix = f"{key}:"
+        own = [k for k in listed if _OWN_SUFFIX.match(k, len(prefix))]
+        last = {f"{prefix}meta": 1, f"{prefix}ended": 2}
+        own.sort(key=lambda k: last.get(k, 0))  # stable: the others keep their order
+        anchored = await self.backend.load(key) is not None
+        for doomed in own:
+            await self.backend.delete(doomed)
+        if anchored:
+            await self.backend.delete(key)
+        return anchored or bool(own)
 
     async def _sweep_candidate(
         self,
@@ -3645,6 +3685,9 @@ def _being_deleted(meta: Any) -> bool:
     The mark of one cut short stays: see `CheckpointStore._deletion_under_way`.
     """
     return isinstance(meta, dict) and isinstance(meta.get("deleting"), str)
+
+
+_FORCE_ADVICE = "delete_session(session_id, force=True) deletes such a session unread"
 
 
 def _anchor_keys(key: str) -> list[str]:
