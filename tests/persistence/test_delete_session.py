@@ -10,6 +10,7 @@ import math
 import time
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -532,6 +533,38 @@ async def test_a_session_with_damaged_records_is_deleted_by_force_and_no_other(
     assert await runtime.delete_session("bad", force=True) is False  # nothing left of it
     assert (await ar.AgentSession.load_checkpoint(backend, "bad2")).final_answer == "finished"
     assert await runtime.delete_session("bad2") is True  # still whole
+
+
+async def test_a_record_of_a_newer_version_is_not_called_damaged(
+    backend: ar.PersistenceBackend,
+) -> None:
+    # Its deletion and the sweep advised deleting it unread, as a damaged one.
+    session = ar.AgentRuntime().create_session("a", "new")
+    await runtime_on(backend).run_agent("a", "Q", script(FINAL), session=session)
+    raw = await backend.load("session:new:meta")
+    written = b"llm-agent-runtime/1 "
+    assert raw is not None and raw.startswith(written)
+    await backend.save("session:new:meta", b"llm-agent-runtime/2 " + raw[len(written) :])
+    runtime = runtime_on(backend)
+    for delete in (lambda: runtime.delete_session("new"), lambda: runtime.sweep(0.0)):
+        with pytest.raises(ar.PersistenceError, match="newer than this library") as info:
+            await delete()
+        assert "force=True" not in str(info.value)
+    assert await backend.load("session:new") is not None
+
+
+async def test_a_forced_deletion_does_not_read_the_final_checkpoint(tmp_path: Path) -> None:
+    # A file backend checks a record file's header as it loads it: a final checkpoint's
+    # file cut short failed the forced deletion, which deleted nothing.
+    backend = ar.FileBackend(tmp_path)
+    session = ar.AgentRuntime().create_session("a", "x")
+    await runtime_on(backend).run_agent("a", "Q", script(add_step(1), FINAL), session=session)
+    (final,) = [path for path in tmp_path.rglob("*") if path.name.startswith("session_x-")]
+    final.write_bytes(final.read_bytes()[:10])
+    with pytest.raises(ar.PersistenceError, match="truncated record file"):
+        await backend.load("session:x")
+    assert await runtime_on(backend).delete_session("x", force=True) is True
+    assert await backend.list_keys("session:x") == []
 
 
 async def test_a_damaged_claim_of_a_finished_session_stops_no_sweep(

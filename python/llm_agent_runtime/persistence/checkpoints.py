@@ -94,7 +94,13 @@ from llm_agent_runtime.persistence.base import (
     split_session_key,
     step_key,
 )
-from llm_agent_runtime.persistence.codec import decode, encode, record_kind, stored_bytes
+from llm_agent_runtime.persistence.codec import (
+    UnreadableHere,
+    decode,
+    encode,
+    record_kind,
+    stored_bytes,
+)
 from llm_agent_runtime.session import (
     AgentSession,
     Step,
@@ -2989,10 +2995,11 @@ class CheckpointStore:
                 await self._drop_leftovers(key)
         if damaged:
             first_id, first = damaged[0]
+            # Not for a record that is not damaged, only unreadable here (see `decode`).
+            advice = "" if isinstance(first, UnreadableHere) else f" ({_FORCE_ADVICE})"
             raise PersistenceError(
                 f"sweep deleted {len(swept)} session(s) and left {len(damaged)} whose records "
-                f"are damaged, each logged ({_FORCE_ADVICE}); the first, {first_id!r}: "
-                f"{first.args[0]}",
+                f"are damaged, each logged{advice}; the first, {first_id!r}: {first.args[0]}",
                 first.key,
             ) from first
         return swept
@@ -3045,6 +3052,8 @@ class CheckpointStore:
             meta = decode(meta_raw, f"{key}:meta", "meta") if meta_raw is not None else None
             fork = _is_incomplete_fork(meta)
             ended = fork or _latest_run_end(key, found) is not None
+        except UnreadableHere:
+            raise  # not damaged: written by a newer version, or a backend's wrong type
         except PersistenceError as error:
             raise PersistenceError(
                 f"session {session_id!r} cannot be deleted: its records are damaged, so "
@@ -3087,12 +3096,11 @@ class CheckpointStore:
         own = [k for k in listed if _OWN_SUFFIX.match(k, len(prefix))]
         last = {f"{prefix}meta": 1, f"{prefix}ended": 2}
         own.sort(key=lambda k: last.get(k, 0))  # stable: the others keep their order
-        anchored = await self.backend.load(key) is not None
         for doomed in own:
             await self.backend.delete(doomed)
-        if anchored:
-            await self.backend.delete(key)
-        return anchored or bool(own)
+        # Not read (a file backend checks a record file's header as it loads it).
+        anchored = await self.backend.delete(key)
+        return bool(anchored) or bool(own)
 
     async def _sweep_candidate(
         self,

@@ -74,6 +74,14 @@ def _str_keys(value: Any) -> Any:
     return value
 
 
+class UnreadableHere(PersistenceError):
+    """A record this process cannot read, though nothing says it is damaged.
+
+    Written by a newer version of the library, or handed over by the backend as another
+    type than bytes: deleting it as damaged would lose a whole record.
+    """
+
+
 def stored_bytes(raw: Any, key: str | None) -> bytes | bytearray | memoryview:
     """`raw`, a value a backend loaded, checked to be bytes (as a backend takes them).
 
@@ -81,7 +89,7 @@ def stored_bytes(raw: Any, key: str | None) -> bytes | bytearray | memoryview:
         PersistenceError: It is not: the backend breaks its protocol (a store of text, say).
     """
     if not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise PersistenceError(
+        raise UnreadableHere(
             f"the backend loaded a {type(raw).__name__} for a record, not bytes", key=key
         )
     return raw
@@ -107,7 +115,7 @@ def decode(raw: bytes, key: str, kind: str | None = None) -> Any:
     except ValueError:
         raise PersistenceError("not a llm-agent-runtime record (bad header)", key=key) from None
     if version > FORMAT_VERSION:
-        raise PersistenceError(
+        raise UnreadableHere(
             f"record format version {version} is newer than this library reads "
             f"({FORMAT_VERSION}); upgrade llm-agent-runtime",
             key=key,
