@@ -3094,8 +3094,7 @@ class CheckpointStore:
         """
         prefix = f"{key}:"
         own = [k for k in listed if _OWN_SUFFIX.match(k, len(prefix))]
-        last = {f"{prefix}meta": 1, f"{prefix}ended": 2}
-        own.sort(key=lambda k: last.get(k, 0))  # stable: the others keep their order
+        _meta_and_end_last(prefix, own)
         for doomed in own:
             await self.backend.delete(doomed)
         # Not read (a file backend checks a record file's header as it loads it).
@@ -3281,11 +3280,7 @@ class CheckpointStore:
             doomed = [
                 k for k in listed if k not in (claim, anchor) and _OWN_SUFFIX.match(k, len(prefix))
             ]
-            # Last of all, in the last batch: the meta record, then the end record (without
-            # the meta record, what is left reads as ended; without the end record alone, as
-            # a run that never ended, which no deletion takes).
-            last = {f"{prefix}meta": 1, f"{prefix}ended": 2}
-            doomed.sort(key=lambda k: last.get(k, 0))  # stable: the others keep their order
+            _meta_and_end_last(prefix, doomed)
             size = _SWEEP_BATCH if batched else 1
             deleting = True
             for start in range(0, len(doomed), size):
@@ -3696,6 +3691,17 @@ def _being_deleted(meta: Any) -> bool:
 
 
 _FORCE_ADVICE = "delete_session(session_id, force=True) deletes such a session unread"
+
+
+def _meta_and_end_last(prefix: str, keys: list[str]) -> None:
+    """Sorts a deletion's `keys` (under `prefix`): the meta record, then the end record, last.
+
+    The final checkpoint, which is not in `keys`, goes after them. Without the meta record,
+    what is left reads as ended; without the end record alone, as a run that never ended,
+    which no deletion takes. The other keys keep their order.
+    """
+    last = {f"{prefix}meta": 1, f"{prefix}ended": 2}
+    keys.sort(key=lambda k: last.get(k, 0))
 
 
 def _anchor_keys(key: str) -> list[str]:
