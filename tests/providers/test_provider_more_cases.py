@@ -313,3 +313,39 @@ async def test_openai_stream_that_ends_cleanly_after_its_finish_reason_is_whole(
     assert (end.response.text, end.response.stop_reason) == ("Paris", "stop")
     assert (end.response.usage.input_tokens, end.response.usage.output_tokens) == (7, 2)
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("calls", "text", "message"),
+    [
+        ([("echo", '{"text": "hi"}')], "", r"call 0 must be .* got \('echo', '\{\"text\""),
+        ([("echo", None)], "", r"call 0 must be a \(name, arguments\) pair"),
+        ([("echo", {}), ("echo", [1])], "", r"call 1 must be"),
+        (("echo", {}), "", r"call 0 must be .* got 'echo'"),  # one pair, not a list of them
+        ([(1, {})], "", "call 0 must be"),
+        ([("echo", {})], None, "text must be a str, got NoneType"),
+    ],
+)
+def test_scripted_tool_calls_are_checked_as_a_provider_hands_them_over(
+    calls: Any, text: Any, message: str
+) -> None:
+    # JSON text, None or a list were taken as arguments, which no provider hands over (the
+    # runtime then decoded a str, and the stream encoded it twice); one pair built nonsense.
+    with pytest.raises(TypeError, match=f"tool_call_reply: {message}"):
+        ar.ScriptedProvider.tool_call_reply(calls, text=text)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"replies": {"hello": "hi there"}}, ValueError, "must be a list of replies, got a dict"),
+        ({"replies": b"hi"}, ValueError, "must be a list of replies, got a bytes"),
+        ({"rule": "hello"}, TypeError, "rule must be a function .*, got str"),
+    ],
+)
+def test_a_script_of_the_wrong_shape_is_refused_when_made(
+    arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    # A dict replayed its keys; bytes failed at the first call, as a rule that is no function.
+    with pytest.raises(error, match=message):
+        ar.ScriptedProvider(**arguments)

@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from llm_agent_runtime.errors import ProviderError
@@ -57,10 +57,11 @@ class ScriptedProvider:
 
     Raises:
         ValueError: When neither or both of `replies` and `rule` are given, or `replies` is
-            a str (a list of replies is expected: a str would be replayed a character a
-            call).
+            a str, bytes or a mapping (a list of replies is expected: a str would be
+            replayed a character a call, a dict its keys).
         ProviderError: When a reply of `replies` is neither a str nor a `ChatResponse`.
-        TypeError: When `loop` is no bool (any str, "false" too, would read as true).
+        TypeError: When `loop` is no bool (any str, "false" too, would read as true), or
+            `rule` is not callable.
     """
 
     streams_text = False
@@ -76,6 +77,13 @@ class ScriptedProvider:
             raise ValueError("give exactly one of replies or rule")
         if isinstance(replies, str):
             raise ValueError("replies must be a list of replies, got one str (wrap it in a list)")
+        if isinstance(replies, (bytes, bytearray, Mapping)):
+            kind = type(replies).__name__
+            raise ValueError(f"replies must be a list of replies, got a {kind}")
+        if rule is not None and not callable(rule):
+            raise TypeError(
+                f"rule must be a function mapping the prompt to a reply, got {type(rule).__name__}"
+            )
         self._rule = rule
         self._replies = list(replies or [])
         for n, reply in enumerate(self._replies, 1):
@@ -184,11 +192,28 @@ class ScriptedProvider:
         """Builds a response requesting native tool calls `(name, arguments)`, ids `call_<i>`.
 
         Its usage counts the output (estimated from its characters, as `complete` does); its
-        input is not known until it is sent.
+        input is not known until it is sent. The arguments are a dict, as a provider hands
+        them over decoded (JSON text is a provider's wire form, not a reply's).
+
+        Raises:
+            TypeError: A call is not a `(name, arguments)` pair of a str and a dict, or
+                `text` is not a str.
         """
-        tool_calls = [
-            ToolCall(id=f"call_{i}", name=n, arguments=a) for i, (n, a) in enumerate(calls)
-        ]
+        if not isinstance(text, str):
+            raise TypeError(f"tool_call_reply: text must be a str, got {type(text).__name__}")
+        tool_calls = []
+        for i, call in enumerate(calls):
+            if not (
+                isinstance(call, (tuple, list))
+                and len(call) == 2
+                and isinstance(call[0], str)
+                and isinstance(call[1], dict)
+            ):
+                raise TypeError(
+                    f"tool_call_reply: call {i} must be a (name, arguments) pair of a str and "
+                    f"a dict, got {short_repr(call)}"
+                )
+            tool_calls.append(ToolCall(id=f"call_{i}", name=call[0], arguments=call[1]))
         return ChatResponse(
             text=text,
             tool_calls=tool_calls,
