@@ -110,3 +110,47 @@ def test_fit_to_token_budget_passes_on_what_the_texts_iterator_raises() -> None:
 
     with pytest.raises(TypeError, match="from the generator"):
         ar.fit_to_token_budget(texts(), 5)
+
+
+# --- vectors too small for float32 ------------------------------------------------------------
+
+
+def _cosine(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("scale", [1e-44, 1e-50, 1e-300])
+def test_a_float64_vector_below_float32s_range_keeps_its_direction(scale: float) -> None:
+    # Cosine similarity is blind to length, but the cast to float32 kept a few digits of
+    # such a vector (1e-44: a score 4e-3 off) or made it zero (refused as "the zero vector").
+    stored, query = [3.0, 4.0, 0.0], [1.0, 1.7, 2.3]
+    store = ar.SemanticStore(dim=3)
+    store.store("a", "a", embedding=stored)
+    store.store("tiny", "tiny", embedding=np.array(query) * scale)
+    (hit,) = store.search(np.array(query) * scale, 1)
+    assert hit.key == "tiny" and hit.score == pytest.approx(1.0, abs=1e-6)
+    scores = {h.key: h.score for h in store.search(np.array(query) * scale, 2)}
+    assert scores["a"] == pytest.approx(_cosine(stored, query), abs=1e-6)
+
+
+def test_an_embedders_row_below_float32s_range_keeps_its_direction() -> None:
+    class Tiny:
+        dim = 2
+
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+            return np.array([[1e-50 if text == "x" else 0.0, 1e-50] for text in texts])
+
+    store = ar.SemanticStore(embedder=Tiny())
+    store.store("x", "x")
+    store.store("y", "y")
+    scores = {h.key: h.score for h in store.search("x", 2)}
+    assert scores == {"x": pytest.approx(1.0, abs=1e-6), "y": pytest.approx(0.5**0.5, abs=1e-6)}
+
+
+def test_a_float64_zero_or_nan_vector_is_still_refused() -> None:
+    store = ar.SemanticStore(dim=2)
+    with pytest.raises(ar.MemoryStoreError, match="zero vector"):
+        store.search(np.zeros(2), 1)
+    with pytest.raises(ar.MemoryStoreError, match="NaN or infinite"):
+        store.store("k", "v", embedding=[1e-50, float("nan")])

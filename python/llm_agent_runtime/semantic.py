@@ -625,7 +625,31 @@ def _real_float32(value: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
                 continue
             _check_real_items(np.asarray(row, dtype=object).flat)
     with np.errstate(over="ignore"):
-        return raw.astype(np.float32, copy=False)
+        converted = raw.astype(np.float32, copy=False)
+    if converted is not raw and raw.dtype.kind in "fO" and raw.ndim in (1, 2) and raw.size:
+        return _kept_direction(raw, converted)
+    return converted
+
+
+def _kept_direction(
+    raw: np.ndarray[Any, Any], converted: np.ndarray[Any, np.dtype[np.float32]]
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """`converted` (`raw` as float32), rows too small for float32 converted again, scaled.
+
+    Cosine similarity is blind to a vector's length, but float32 kept only a few digits of
+    a row whose largest value is below its normal range (or made it zero): such rows are
+    converted again from `raw` divided by their largest value.
+    """
+    import numpy as np
+
+    largest = np.abs(converted).max(axis=-1, keepdims=True)
+    if not (largest < np.finfo(np.float32).tiny).any():
+        return converted
+    values = raw if raw.dtype.kind == "f" else raw.astype(np.float64)  # Decimals, say
+    scale = np.abs(values).max(axis=-1, keepdims=True)
+    scale[~((scale > 0) & np.isfinite(scale))] = 1.0  # zero or NaN rows: refused as they are
+    scaled: np.ndarray[Any, np.dtype[np.float32]] = (values / scale).astype(np.float32)
+    return scaled
 
 
 def _array_like(value: Any) -> bool:
