@@ -241,6 +241,12 @@ fn python_string(text: &str, at: usize) -> Option<(String, usize)> {
             return Some((value, stop + 1));
         }
         let escape = *bytes.get(stop + 1)?;
+        if let b'\n' | b'\r' = escape {
+            // A line continuation: the backslash and the line break make nothing.
+            let crlf = escape == b'\r' && bytes.get(stop + 2) == Some(&b'\n');
+            from = stop + if crlf { 3 } else { 2 };
+            continue;
+        }
         let hex = |len: usize| {
             let digits = text.get(stop + 2..stop + 2 + len)?;
             if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -285,6 +291,9 @@ fn python_string(text: &str, at: usize) -> Option<(String, usize)> {
                 }
             }
             b'U' => hex(8)?,
+            // A character by its name (`\N{DEGREE SIGN}`): no table of names here, so the
+            // literal is not read at all rather than read wrong (the input stays text).
+            b'N' => return None,
             b'\\' | b'\'' | b'"' => (u32::from(escape), 2),
             // JSON's escape, in a JSON string; Python keeps it as written.
             b'/' if quote == b'"' => (u32::from(escape), 2),
@@ -1419,15 +1428,18 @@ fn blank_line_after_name(rest: &str) -> bool {
 /// after the closing bracket on its line (later lines are chatter, ignored as after a JSON
 /// input).
 fn call_arguments(rest: &str) -> Option<&str> {
+    bracketed_arguments(rest).or_else(|| literal_call_arguments(rest))
+}
+
+/// [`call_arguments`] found by matching the brackets (the strings in them JSON's).
+fn bracketed_arguments(rest: &str) -> Option<&str> {
     let (open, close): (&[u8], &[u8]) = match rest.as_bytes().first() {
         Some(b'(') => (b"(", b")"),
         Some(b'[') => (b"[", b"]"),
         _ => return None,
     };
     let close = matching_close_of(rest.as_bytes(), open, close)?;
-    let after = rest.get(close..)?;
-    let line_end = line_break(after.as_bytes()).unwrap_or(after.len());
-    if !after.get(..line_end)?.trim().is_empty() {
+    if !blank_to_line_end(rest.get(close..)?) {
         return None;
     }
     if open == b"[" && !react_paper_brackets(rest.get(..close)?) {
@@ -1435,6 +1447,62 @@ fn call_arguments(rest: &str) -> Option<&str> {
     }
     // Both brackets are ASCII: their byte offsets are character boundaries.
     rest.get(1..close - 1)
+}
+
+/// Whether `text` holds nothing but blanks up to its first line break.
+fn blank_to_line_end(text: &str) -> bool {
+    let line_end = line_break(text.as_bytes()).unwrap_or(text.len());
+    text.get(..line_end)
+        .is_some_and(|line| line.trim().is_empty())
+}
+
+/// [`call_arguments`] of `(value)` where the value is a dict or a list written as Python
+/// writes one, which matching the brackets misses: a `)` or `"` in a single-quoted string
+/// (`note({'text': '1) wash'})`) closed the call or opened a string. Its end is found by a
+/// scan that knows those strings; `None` when no `)` follows it (blanks aside), as in
+/// `tool({...}, 2)`.
+#[cold]
+#[inline(never)]
+fn literal_call_arguments(rest: &str) -> Option<&str> {
+    let inner = rest.strip_prefix('(')?;
+    let value_at = 1 + inner.len() - inner.trim_start().len();
+    let bytes = rest.as_bytes();
+    if !matches!(bytes.get(value_at), Some(b'{' | b'[')) {
+        return None;
+    }
+    let value_end = value_at + python_value_close(rest.get(value_at..)?)?;
+    let after = rest.get(value_end..)?;
+    let close_at = value_end + after.len() - after.trim_start().len();
+    if bytes.get(close_at) != Some(&b')') || !blank_to_line_end(rest.get(close_at + 1..)?) {
+        return None;
+    }
+    rest.get(1..close_at)
+}
+
+/// The end (exclusive) of the dict or list starting at `text[0]`, written as Python writes
+/// one: strings in single quotes as well as double, read as [`relaxed_json`] reads them.
+fn python_value_close(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth: usize = 0;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' | b'\'' => {
+                i = python_string(text, i)?.1;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Whether the bracketed text `bracketed` (`[...]` right after a tool name) holds the

@@ -760,6 +760,38 @@ def test_a_python_literal_input_decodes_as_literal_eval_reads_it(value: Any) -> 
 
 @settings(max_examples=300, deadline=None)
 @given(value=_containers)
+def test_a_python_literal_in_call_parentheses_decodes_as_literal_eval_reads_it(
+    value: Any,
+) -> None:
+    # A `)`, `(` or `"` inside a single-quoted string closed the call early (or opened a
+    # string): the tool was given the text, parentheses and all.
+    step = parse_react_step(f"Action: t({value!r})")
+    assert _same(step.action_input, value)
+
+
+@pytest.mark.parametrize(
+    ("reply", "value"),
+    [
+        ("Action: note({'text': 'Steps: 1) wash 2) dry'})", {"text": "Steps: 1) wash 2) dry"}),
+        ("Action: regex( {'pattern': '[a-z]+)'} )", {"pattern": "[a-z]+)"}),
+        ("Action: say({'text': 'He said \"hi'})", {"text": 'He said "hi'}),
+        ("Action: say(['a)', 'b'])\nObservation: x", ["a)", "b"]),
+    ],
+)
+def test_call_parentheses_around_a_python_literal(reply: str, value: Any) -> None:
+    assert parse_react_step(reply).action_input == value
+
+
+@pytest.mark.parametrize(
+    ("reply", "text"),
+    [("Action: f({'a': 1}, 2)", "{'a': 1}, 2"), ("Action: f(what's up)", "what's up")],
+)
+def test_call_parentheses_around_more_than_a_literal_give_their_text(reply: str, text: str) -> None:
+    assert parse_react_step(reply).action_input_text == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_containers)
 def test_json_with_trailing_commas_decodes_as_without_them(value: Any) -> None:
     step = parse_react_step(f"Action: t\nAction Input: {_with_trailing_commas(value)}")
     assert _same(step.action_input, value)
@@ -771,6 +803,8 @@ def test_json_with_trailing_commas_decodes_as_without_them(value: Any) -> None:
         r"{'a': '\x41\u00e9\U0001F600\n\t\\ \' \012 \0'}",  # Python's escapes
         "{'a': -0.0, 'b': 1e400, 'c': 123456789012345678901234567890}",
         "[[], {}, [[1]], 'x']",
+        # A backslash before a line break continues the string (\n, \r\n or \r).
+        "{'s': 'a\\\nb', 't': 'c\\\r\nd', 'u': 'e\\\rf'}",
     ],
 )
 def test_python_literal_inputs_decode_as_literal_eval_reads_them(literal: str) -> None:
@@ -795,6 +829,8 @@ def test_an_unknown_escape_keeps_its_backslash_as_in_python() -> None:
         "{'a': 10**3}",  # an expression
         "{'k': 'never closed}",
         "{'a': (1, 2)}",  # a tuple: JSON has none
+        # A character by its name: not read rather than read with its backslash kept.
+        r"{'unit': '\N{DEGREE SIGN}C'}",
     ],
 )
 def test_inputs_neither_json_nor_a_python_literal_stay_as_written(text: str) -> None:

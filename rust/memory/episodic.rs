@@ -93,6 +93,10 @@ pub struct Episodes {
     /// episode has one (the store is cleared, say: new embeddings may then have another).
     #[serde(default)]
     pub embedding_dim: Option<usize>,
+    /// How many live episodes have an embedding: `embedding_dim` goes when it reaches 0.
+    /// Kept by `add` and `clear`, counted again by `validated` (an export does not carry it).
+    #[serde(skip)]
+    embedded: usize,
 }
 
 /// One agent's episodes, with what makes eviction at capacity O(log n).
@@ -388,6 +392,7 @@ impl Episodes {
             by_agent: BTreeMap::new(),
             similarity_weight: default_similarity_weight(),
             embedding_dim: None,
+            embedded: 0,
         })
     }
 
@@ -452,6 +457,7 @@ impl Episodes {
         // cleared) names none, whatever it says.
         let declared = self.embedding_dim;
         let mut dim = None;
+        let mut embedded = 0;
         let mut ids = HashSet::new();
         for (agent_id, agent) in &mut self.by_agent {
             // Importances may change below (-0.0 made 0.0): the index is rebuilt from them.
@@ -505,10 +511,12 @@ impl Episodes {
                         _ => dim = Some(v.len()),
                     }
                     unit_length(v, "embedding").map_err(|err| bad(err.to_string()))?;
+                    embedded += 1;
                 }
             }
         }
         self.embedding_dim = dim;
+        self.embedded = embedded;
         Ok(self)
     }
 
@@ -555,6 +563,7 @@ impl Episodes {
             .transpose()?;
         if let Some(v) = &embedding {
             self.embedding_dim = Some(v.len());
+            self.embedded += 1;
         }
         let id = self.next_id;
         self.next_id = next_id;
@@ -573,20 +582,16 @@ impl Episodes {
             self.per_agent_capacity,
         );
         if evicted_embedding {
-            self.forget_unused_dim();
+            self.forget_embeddings(1);
         }
         Ok(id)
     }
 
-    /// Forgets the embeddings' length once no episode has an embedding.
-    fn forget_unused_dim(&mut self) {
-        // Stops at the first embedding found: at once in a store that embeds its episodes.
-        let embedded = self
-            .by_agent
-            .values()
-            .flat_map(Agent::live)
-            .any(|e| e.embedding.is_some());
-        if !embedded {
+    /// Counts `gone` embedded episodes out; forgets the embeddings' length once no episode
+    /// has an embedding (new ones may then have another).
+    fn forget_embeddings(&mut self, gone: usize) {
+        self.embedded = self.embedded.saturating_sub(gone);
+        if self.embedded == 0 {
             self.embedding_dim = None;
         }
     }
@@ -756,17 +761,18 @@ impl Episodes {
     /// Removes the agent's episodes (every agent's when `None`), their eviction state with
     /// them; returns how many.
     pub fn clear(&mut self, agent_id: Option<&str>) -> usize {
-        let removed = match agent_id {
-            Some(a) => self.by_agent.remove(a).map_or(0, |agent| agent.len()),
+        let (removed, embedded) = match agent_id {
+            Some(a) => self.by_agent.remove(a).map_or((0, 0), |agent| {
+                let embedded = agent.live().filter(|e| e.embedding.is_some()).count();
+                (agent.len(), embedded)
+            }),
             None => {
                 let n = self.len();
                 self.by_agent.clear();
-                n
+                (n, self.embedded)
             }
         };
-        if removed > 0 {
-            self.forget_unused_dim();
-        }
+        self.forget_embeddings(embedded);
         removed
     }
 
@@ -1178,6 +1184,11 @@ mod tests {
                             .collect();
                         assert_eq!(got, want, "seed {seed} step {step}");
                     }
+                    16 if rng.below(8) == 0 => {
+                        let expected = model.values().map(Vec::len).sum::<usize>();
+                        model.clear();
+                        assert_eq!(s.clear(None), expected);
+                    }
                     16 => {
                         let expected = model.remove(agent).map_or(0, |v| v.len());
                         assert_eq!(s.clear(Some(agent)), expected);
@@ -1202,8 +1213,13 @@ mod tests {
                     serde_json::to_value(&model).unwrap(),
                     "seed {seed} step {step}"
                 );
-                let any_embedding = model.values().flatten().any(|e| e.embedding.is_some());
-                assert_eq!(s.embedding_dim, any_embedding.then_some(2));
+                let embedded = model
+                    .values()
+                    .flatten()
+                    .filter(|e| e.embedding.is_some())
+                    .count();
+                assert_eq!(s.embedded, embedded, "seed {seed} step {step}");
+                assert_eq!(s.embedding_dim, (embedded > 0).then_some(2));
                 assert_eq!(s.len(), model.values().map(Vec::len).sum::<usize>());
                 assert_eq!(s.is_empty(), model.is_empty());
                 assert!(s.agent_ids().eq(model.keys().copied()));
