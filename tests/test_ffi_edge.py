@@ -667,6 +667,48 @@ def test_graph_algorithms_out_of_memory_raise_graph_error_instead_of_aborting() 
     assert lines[-1] == "after ['0', '1', '2'] 3 True"
 
 
+# Listing every id makes a Python string per entity: past the algorithm's buffers (which
+# fit here, the snapshot built before the limit), those strings and the lists holding them
+# must fail as GraphError too. pyo3's string constructor panicked (a BaseException) on a
+# failed allocation, and the copy of `entity_ids` aborted the interpreter. A short answer
+# from the same graph makes only its own strings, so it fits.
+GRAPH_STRINGS_SCENARIO = (
+    VM_BYTES
+    + """
+    import resource
+    import llm_agent_runtime as ar
+
+    g = ar.GraphStore.from_edge_list(2**23, [(0, 1), (1, 2), (2, 0)])
+    g.shortest_path("0", "2")  # the snapshot is built before the limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + 160 * 2**20, hard))
+    for name, call in [
+        ("entity_ids", g.entity_ids),
+        ("degree_centrality", g.degree_centrality),
+        ("distances", lambda: g.distances("0")),
+    ]:
+        try:
+            print(name, "fit", len(call()))
+        except ar.GraphError as e:
+            assert str(e).startswith("out of memory: "), e
+            print(name, "GraphError")
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    print("after", len(g.entity_ids()), len(g.degree_centrality()))
+"""
+)
+
+
+@NEEDS_ADDRESS_LIMIT
+def test_graph_results_listing_every_id_out_of_memory_raise_graph_error() -> None:
+    out = run_python(GRAPH_STRINGS_SCENARIO, env={"MIMALLOC_ARENA_RESERVE": "0"})
+    assert out.splitlines() == [
+        "entity_ids GraphError",
+        "degree_centrality GraphError",
+        "distances fit 3",
+        f"after {2**23} {2**23}",
+    ]
+
+
 GRAPH_TOO_LARGE_SCENARIO = (
     VM_BYTES
     + """

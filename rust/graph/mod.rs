@@ -27,6 +27,8 @@ use compact_str::CompactString;
 use numpy::ndarray::ArrayView2;
 use numpy::PyReadonlyArray2;
 use parking_lot::{Mutex, RwLock};
+use pyo3::exceptions::PyMemoryError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
@@ -75,36 +77,50 @@ impl Frozen {
         })
     }
 
-    fn py_ids(&self, py: Python<'_>) -> &[Py<PyString>] {
+    /// Every id as a Python string, made at the first call of this generation.
+    ///
+    /// # Errors
+    /// `GraphError` "out of memory" when the list of them does not fit, `MemoryError`
+    /// when a string does not: never an abort or a panic.
+    fn py_ids(&self, py: Python<'_>) -> PyResult<&[Py<PyString>]> {
         if let Some(ids) = self.py_ids.get() {
-            return ids;
+            return Ok(ids);
         }
         // Made before the cell is touched: making strings may run the cycle collector, and
         // with it `__del__` code that lists nodes of this graph too (on this thread, or on
         // another one the GIL passes to). Initializing the cell inside that work would
         // deadlock them; setting it to a finished value cannot.
-        let built: Vec<Py<PyString>> = (0..self.ids.entity_count() as u32)
-            .filter_map(|v| self.ids.with_id(v, |id| PyString::new(py, id).unbind()))
-            .collect();
-        self.py_ids.get_or_init(|| built)
+        let n = self.ids.entity_count();
+        let mut built: Vec<Py<PyString>> = alloc::with_capacity(n, "the ids as strings")?;
+        for v in 0..n as u32 {
+            built.push(self.py_str(py, v)?.unbind());
+        }
+        Ok(self.py_ids.get_or_init(|| built))
+    }
+
+    /// Whether a result of `count` nodes makes its own strings: no cache of every id is made
+    /// for a short answer from a big graph.
+    fn few(&self, count: usize) -> bool {
+        self.py_ids.get().is_none() && count.saturating_mul(FEW_NODES) < self.ids.entity_count()
+    }
+
+    /// The id of node `v` as a new Python string (a failed allocation is `MemoryError`).
+    fn py_str<'py>(&self, py: Python<'py>, v: u32) -> PyResult<Bound<'py, PyString>> {
+        self.ids
+            .with_id(v, |id| graph_str(py, id))
+            .ok_or_else(|| outside_snapshot(v as usize, self.ids.entity_count()))?
     }
 
     /// The ids of `nodes` as a Python list.
     fn py_list<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PyList>> {
-        if self.py_ids.get().is_none()
-            && nodes.len().saturating_mul(FEW_NODES) < self.ids.entity_count()
-        {
+        if self.few(nodes.len()) {
             let strings = nodes
                 .iter()
-                .map(|&v| {
-                    self.ids
-                        .with_id(v, |id| PyString::new(py, id))
-                        .ok_or_else(|| outside_snapshot(v as usize, self.ids.entity_count()))
-                })
+                .map(|&v| self.py_str(py, v))
                 .collect::<PyResult<Vec<_>>>()?;
             return PyList::new(py, strings);
         }
-        let ids = self.py_ids(py);
+        let ids = self.py_ids(py)?;
         // Checked once up front, so the list is filled straight from the ids.
         if let Some(v) = nodes.iter().copied().max() {
             py_id(ids, v as usize)?;
@@ -121,10 +137,18 @@ impl Frozen {
     fn py_dict<'py>(
         &self,
         py: Python<'py>,
-        values: impl Iterator<Item = (usize, f64)>,
+        values: impl ExactSizeIterator<Item = (usize, f64)>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let ids = self.py_ids(py);
         let dict = PyDict::new(py);
+        if self.few(values.len()) {
+            for (v, x) in values {
+                let node =
+                    u32::try_from(v).map_err(|_| outside_snapshot(v, self.ids.entity_count()))?;
+                dict.set_item(self.py_str(py, node)?, x)?;
+            }
+            return Ok(dict);
+        }
+        let ids = self.py_ids(py)?;
         for (v, x) in values {
             dict.set_item(py_id(ids, v)?.bind(py), x)?;
         }
@@ -186,6 +210,28 @@ impl Frozen {
 }
 
 /// The Python id of node `v`; an index out of range is an internal error, not a panic.
+/// `text` as a Python string; an allocation that fails is the graph's "out of memory"
+/// `GraphError` (pyo3's `PyString::new` panics there).
+fn graph_str<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyString>> {
+    let out_of_memory = || CoreError::Graph("out of memory: the ids as Python strings".into());
+    // A str's length fits an isize (no allocation is larger).
+    let len = ffi::Py_ssize_t::try_from(text.len()).map_err(|_| out_of_memory())?;
+    #[allow(unsafe_code)]
+    // SAFETY: the GIL is held and `text` is `len` bytes of UTF-8; the call returns a new
+    // reference, or NULL with the exception set.
+    let made = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), len),
+        )
+    };
+    match made {
+        Ok(string) => Ok(string.cast_into::<PyString>()?),
+        Err(e) if e.is_instance_of::<PyMemoryError>(py) => Err(out_of_memory().into()),
+        Err(e) => Err(e),
+    }
+}
+
 fn py_id(ids: &[Py<PyString>], v: usize) -> PyResult<&Py<PyString>> {
     ids.get(v).ok_or_else(|| outside_snapshot(v, ids.len()))
 }
@@ -1095,12 +1141,31 @@ impl PyGraphStore {
     }
 
     /// Entity ids, in insertion order (removals move the last entity into the gap).
-    fn entity_ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        self.scan(py, |s| {
-            (0..s.entity_count() as u32)
-                .map(|i| s.id_at(i).into_owned())
-                .collect()
-        })
+    fn entity_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        // Copied out in one buffer (the strings are made with the lock released), every
+        // allocation fallible: a graph of many implied entities is cheap to make, and
+        // listing its ids must fail as "out of memory", not abort.
+        let (text, ends) = self.scan(py, |s| -> CoreResult<(String, Vec<usize>)> {
+            let n = s.entity_count() as u32;
+            let total = (0..n).fold(0usize, |sum, i| sum.saturating_add(s.id_at(i).len()));
+            let mut text = String::new();
+            text.try_reserve_exact(total).map_err(|_| {
+                CoreError::Graph(format!("out of memory: the entity ids need {total} bytes"))
+            })?;
+            let mut ends = alloc::with_capacity(n as usize, "the entity ids")?;
+            for i in 0..n {
+                text.push_str(&s.id_at(i));
+                ends.push(text.len());
+            }
+            Ok((text, ends))
+        })??;
+        let mut strings = alloc::with_capacity(ends.len(), "the entity ids as strings")?;
+        let mut start = 0;
+        for &end in &ends {
+            strings.push(graph_str(py, text.get(start..end).unwrap_or_default())?);
+            start = end;
+        }
+        PyList::new(py, strings)
     }
 
     /// Number of entities.
@@ -1432,16 +1497,19 @@ impl PyGraphStore {
         let frozen = self.frozen(py)?;
         let inner = frozen.clone();
         let source: &str = &source;
-        let (dist, pred) = run_detached(py, move || {
+        let reached: Vec<(usize, f64)> = run_detached(py, move || {
             let s = inner.node(source)?;
-            algo::dijkstra(&inner.snapshot, directed, s, None)
+            let (dist, pred) = algo::dijkstra(&inner.snapshot, directed, s, None)?;
+            // Counted first: a few reached nodes of a big graph make their own strings.
+            Ok(dist
+                .into_iter()
+                .zip(pred)
+                .enumerate()
+                .filter(|&(_, (_, p))| p != algo::UNREACHED)
+                .map(|(v, (d, _))| (v, d))
+                .collect())
         })?;
-        let reached = dist
-            .into_iter()
-            .zip(pred)
-            .enumerate()
-            .filter(|&(_, (_, p))| p != algo::UNREACHED);
-        frozen.py_dict(py, reached.map(|(v, (d, _))| (v, d)))
+        frozen.py_dict(py, reached.into_iter())
     }
 
     /// Entities reachable from `source` in one or more hops: itself only on a cycle.
@@ -1497,7 +1565,7 @@ impl PyGraphStore {
             Ok((order, closure))
         })?;
         // Every list holds the snapshot's strings (one per entity), not a string per item.
-        let ids = frozen.py_ids(py);
+        let ids = frozen.py_ids(py)?;
         let dict = PyDict::new(py);
         for &v in &order {
             let row = closure
@@ -1815,7 +1883,7 @@ impl PyGraphStore {
             .iter()
             .fold(0usize, |sum, c| sum.saturating_add(c.len()));
         if items.saturating_mul(FEW_NODES) >= frozen.ids.entity_count() {
-            frozen.py_ids(py);
+            frozen.py_ids(py)?;
         }
         let lists = found
             .iter()
