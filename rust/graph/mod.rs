@@ -1147,14 +1147,14 @@ impl PyGraphStore {
         // listing its ids must fail as "out of memory", not abort.
         let (text, ends) = self.scan(py, |s| -> CoreResult<(String, Vec<usize>)> {
             let n = s.entity_count() as u32;
-            let total = (0..n).fold(0usize, |sum, i| sum.saturating_add(s.id_at(i).len()));
             let mut text = String::new();
-            text.try_reserve_exact(total).map_err(|_| {
-                CoreError::Graph(format!("out of memory: the entity ids need {total} bytes"))
-            })?;
             let mut ends = alloc::with_capacity(n as usize, "the entity ids")?;
             for i in 0..n {
-                text.push_str(&s.id_at(i));
+                let id = s.id_at(i);
+                text.try_reserve(id.len()).map_err(|_| {
+                    CoreError::Graph("out of memory: the entity ids cannot be copied".into())
+                })?;
+                text.push_str(&id);
                 ends.push(text.len());
             }
             Ok((text, ends))
