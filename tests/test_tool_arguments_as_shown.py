@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import typing
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Annotated, Any, Literal, NewType, TypeVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from typing_extensions import TypeAliasType
 
 import llm_agent_runtime as ar
 
@@ -42,6 +44,59 @@ async def test_an_iterable_is_checked_whole_before_the_tool_runs(iterable: Any) 
     refused = await call(spec, {"xs": "12"})
     assert refused.error_kind == "permanent" and "valid array" in refused.content
     assert ran == [[1, 2]]
+
+
+Numbers = TypeAliasType("Numbers", Iterable[int])
+T = TypeVar("T")
+Items = TypeAliasType("Items", Iterable[T], type_params=(T,))
+NumberIds = NewType("NumberIds", Iterable[int])  # type: ignore[misc]
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+Red = TypeAliasType("Red", Literal[Color.RED])
+
+
+@pytest.mark.parametrize("alias", [Numbers, Items[int], NumberIds, Annotated[Numbers, "x"]])
+async def test_an_iterable_behind_a_type_alias_or_newtype_is_checked_whole(alias: Any) -> None:
+    # An alias hid the iterable from the check: "12" was summed as 3, and a bad item failed
+    # inside the tool with pydantic's raw text.
+    def total(xs: Any) -> int:
+        """Adds numbers."""
+        return sum(xs)
+
+    total.__annotations__["xs"] = alias
+    spec = ar.tool(total)
+    assert spec.parameters["properties"]["xs"] == {"items": {"type": "integer"}, "type": "array"}
+    assert await call(spec, {"xs": [1, 2]}) == ("3", None)
+    refused = await call(spec, {"xs": "12"})
+    assert refused.error_kind == "permanent" and "valid array" in refused.content
+    bad = await call(spec, {"xs": [1, "a"]})
+    assert bad.error_kind == "permanent" and "invalid arguments: xs.1" in bad.content
+
+
+async def test_a_literal_of_enum_members_behind_a_type_alias_takes_its_values() -> None:
+    @ar.tool
+    def paint(color: Red) -> str:
+        """Paints."""
+        return repr(color)
+
+    assert paint.parameters["properties"]["color"]["const"] == "red"
+    assert await call(paint, {"color": "red"}) == ("<Color.RED: 'red'>", None)
+
+
+async def test_a_recursive_type_alias_is_looked_through_once() -> None:
+    Tree = TypeAliasType("Tree", "list[Tree] | int")
+
+    def depth(tree: Any) -> int:
+        """Counts nesting."""
+        return 1 + max(map(depth, tree), default=0) if isinstance(tree, list) else 0
+
+    depth.__annotations__["tree"] = Tree
+    assert await call(ar.tool(depth), {"tree": [[1], 2]}) == ("2", None)
 
 
 async def test_an_iterator_gets_an_iterator_and_nested_iterables_are_lists() -> None:

@@ -996,3 +996,45 @@ async def test_a_model_json_cannot_write_renders_as_json_all_the_same() -> None:
         "count": 2,
         "blobs": [{"name": "a", "data": "hi"}, {"name": "b", "data": "\ufffdP"}],
     }
+
+
+def test_tool_above_staticmethod_is_checked_as_its_function() -> None:
+    # Python 3.11's `inspect` does not look inside a staticmethod: an async one was taken
+    # for sync, and a generator was accepted, its every call then failing.
+    class Numbers:
+        @ar.tool
+        @staticmethod
+        async def double(n: int) -> int:
+            """Doubles n."""
+            return 2 * n
+
+    assert Numbers.double.is_async
+    with pytest.raises(ar.ToolError, match="generator"):
+
+        class Counting:
+            @ar.tool
+            @staticmethod
+            def count(n: int) -> Iterator[int]:
+                """Counts to n."""
+                yield from range(n)
+
+    with pytest.raises(ar.ToolError, match="generator"):
+
+        class AsyncCounting:
+            @ar.tool
+            @staticmethod
+            async def count(n: int) -> AsyncIterator[int]:
+                """Counts to n."""
+                for i in range(n):
+                    yield i
+
+
+async def test_an_async_tool_above_staticmethod_runs() -> None:
+    class Numbers:
+        @ar.tool
+        @staticmethod
+        async def double(n: int) -> int:
+            """Doubles n."""
+            return 2 * n
+
+    assert (await ar.ToolRegistry([Numbers.double]).call("double", {"n": 4})).content == "8"

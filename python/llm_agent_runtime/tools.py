@@ -1502,6 +1502,14 @@ _NOT_PASSED: Any = _NotPassed()
 # `Unpack` and the qualifiers of a TypedDict's keys, as `typing` and `typing_extensions` spell
 # them (`ReadOnly` is in `typing` from Python 3.13, in `typing_extensions` from 4.9).
 _UNPACK = (typing.Unpack, typing_extensions.Unpack)
+# Type aliases (`type X = ...` is `typing`'s, from Python 3.12).
+_ALIAS_TYPES: tuple[type, ...] = tuple(
+    {
+        alias
+        for module in (typing, typing_extensions)
+        if (alias := getattr(module, "TypeAliasType", None))
+    }
+)
 _KEY_QUALIFIERS = tuple(
     form
     for name in ("Required", "NotRequired", "ReadOnly")
@@ -1807,6 +1815,11 @@ def tool(
     def build(func: Callable[..., Any]) -> ToolSpec:
         if isinstance(func, classmethod):  # `@tool` above `@classmethod`, in the class body
             _refuse_class_body_classmethod(name, func)
+        if isinstance(func, staticmethod):
+            # `@tool` above `@staticmethod`, in the class body: its function (Python 3.11's
+            # `inspect` does not look inside, so an async one was run as sync, a generator
+            # not refused).
+            func = func.__func__
         if isinstance(func, str):  # `@tool("search")`, as some libraries name their tools
             raise ToolError(
                 f"cannot make a tool of {func!r}: a str is not a function; to name the tool, "
@@ -2153,7 +2166,7 @@ def _check_hidden_default(tool_name: str, param: inspect.Parameter) -> None:
     )
 
 
-def _checked_as_shown(annotation: Any) -> Any:
+def _checked_as_shown(annotation: Any, aliases: frozenset[int] = frozenset()) -> Any:
     """`annotation`, validated as its schema shows it, before the tool is called.
 
     * A `Literal` of plain Enum members takes the members' values too. pydantic's schema
@@ -2166,13 +2179,19 @@ def _checked_as_shown(annotation: Any) -> Any:
       failed inside it as the tool's own error, and a str (not the array the schema shows)
       was taken for its characters.
 
-    Inside generics, unions and `Annotated` too; a model's, dataclass's or TypedDict's fields
-    are their own class's.
+    Inside generics, unions and `Annotated` too, and behind a type alias (`type X = ...`,
+    `TypeAliasType`) or a `NewType` (`aliases`: the ids of those being looked through, so a
+    recursive alias is entered once); a model's, dataclass's or TypedDict's fields are their
+    own class's.
     """
+    aliased = _aliased(annotation)
+    if aliased is not None and id(annotation) not in aliases:
+        inner = _checked_as_shown(aliased, aliases | {id(annotation)})
+        return annotation if inner is aliased else inner
     origin, args = get_origin(annotation), get_args(annotation)
     lazy = annotation if origin is None else origin  # by identity: any object may annotate
     if lazy is Iterable or lazy is Iterator:
-        listed = list[_checked_as_shown(args[0]) if args else Any]  # type: ignore[misc, valid-type]
+        listed = list[_checked_as_shown(args[0], aliases) if args else Any]  # type: ignore[misc, valid-type]
         return Annotated[listed, AfterValidator(iter)] if lazy is Iterator else listed
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         # An Enum's tuple values are shown as arrays, which JSON sends as lists.
@@ -2195,9 +2214,9 @@ def _checked_as_shown(annotation: Any) -> Any:
     if not args:
         return annotation
     if origin is Annotated:  # args: the type, then the metadata
-        inner = _checked_as_shown(args[0])
+        inner = _checked_as_shown(args[0], aliases)
         return annotation if inner is args[0] else Annotated[(inner, *args[1:])]
-    rewritten = tuple(_checked_as_shown(a) for a in args)
+    rewritten = tuple(_checked_as_shown(a, aliases) for a in args)
     if all(new is old for new, old in zip(rewritten, args, strict=True)):
         return annotation
     try:
@@ -2206,6 +2225,24 @@ def _checked_as_shown(annotation: Any) -> Any:
         return origin[rewritten]
     except TypeError:  # a generic that cannot be rebuilt so: left as pydantic reads it
         return annotation
+
+
+def _aliased(annotation: Any) -> Any:
+    """What the type alias or `NewType` `annotation` stands for, or None for another one.
+
+    A generic alias (`Pair[int]`) with its type arguments put in.
+    """
+    if isinstance(annotation, typing.NewType):
+        return annotation.__supertype__
+    origin = get_origin(annotation)
+    alias: Any = origin if origin is not None else annotation
+    if not isinstance(alias, _ALIAS_TYPES):
+        return None
+    value = getattr(alias, "__value__", None)
+    if origin is None:
+        return value
+    params = getattr(alias, "__type_params__", ())
+    return _with_type_arguments(value, dict(zip(params, get_args(annotation), strict=False)))
 
 
 def _same_value(value: Any, expected: Any) -> bool:
