@@ -224,3 +224,26 @@ def test_a_jitter_of_a_numpy_bool_or_the_int_0_or_1_is_a_bool() -> None:
 def test_delays_that_are_not_numbers_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="must be a number"):
         ar.RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_a_rate_limit_refusal_is_retried_once_its_bucket_can_serve_it(seed: int) -> None:
+    # The backoff alone (0 to 0.5 s here) retried before the bucket refilled (1 s), to be
+    # refused again: two thirds of such runs failed after their three attempts.
+    clock = ar.FakeClock()
+    limiter = ar.RateLimiter(rate=1.0, capacity=1.0, clock=clock)
+    policy = ar.RetryPolicy(clock=clock, rng=random.Random(seed))
+    await limiter.acquire("k")  # the bucket is empty now
+    await policy.run(limiter.acquire, "k", max_wait=0.1)
+    needed = 1.0 - 0.1  # the refusal's wait past its max_wait
+    assert needed <= clock.sleeps[0] <= needed + policy.base_delay
+    assert len(clock.sleeps) <= 2  # that retry waits within max_wait, and is served
+
+
+def test_a_rate_limit_refusals_delay_is_capped_and_without_jitter_exact() -> None:
+    refusal = ar.RateLimitExceededError(wait=30.0, max_wait=0.0)
+    assert ar.RetryPolicy(max_delay=10.0).delay_for(1, refusal) == 10.0
+    policy = ar.RetryPolicy(base_delay=0.5, jitter=False)
+    assert policy.delay_for(1, ar.RateLimitExceededError(wait=2.0, max_wait=0.5)) == 2.0
+    # A wait within max_wait (not a refusal the limiter makes) is the backoff alone.
+    assert policy.delay_for(2, ar.RateLimitExceededError(wait=0.1, max_wait=0.5)) == 1.0

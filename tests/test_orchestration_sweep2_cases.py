@@ -24,6 +24,14 @@ def test_a_fake_clock_refuses_to_advance_by_what_is_no_finite_number(seconds: An
     assert clock.now() == 5.0
 
 
+def test_a_fake_clock_refuses_steps_that_add_up_past_the_float_range() -> None:
+    clock = ar.FakeClock()
+    clock.advance(1e308)
+    with pytest.raises(ValueError, match="past the float range"):
+        clock.advance(1e308)  # each step finite, their sum not: time stayed infinite
+    assert clock.now() == 1e308
+
+
 async def test_a_fake_clock_advances_by_numbers_of_any_real_type() -> None:
     clock = ar.FakeClock(Decimal("1.5"))
     clock.advance(Decimal("0.5"))  # was a TypeError: float += Decimal

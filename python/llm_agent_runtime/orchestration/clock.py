@@ -115,13 +115,19 @@ class FakeClock(CopiedWhole):
         Raises:
             ValueError: `seconds` is negative (monotonic time never goes back), NaN or
                 infinite (time would stay NaN or infinite for good), or is not a number (a
-                bool included: it moved the clock by 1 s).
+                bool included: it moved the clock by 1 s); or the time it leads to is past
+                the float range.
         """
         # As a float: a Decimal cannot be added to the time, an int past the float range
         # overflowed it (here infinite, so refused), a str failed the comparison.
         seconds = check_real("seconds", seconds)
         if not 0 <= seconds < math.inf:  # NaN fails too
             raise ValueError(f"can only move a clock forward by a finite time, got {seconds} s")
+        if self._now + seconds == math.inf:  # two finite steps may still pass the float range
+            raise ValueError(
+                f"moving the clock by {seconds} s would take it past the float range "
+                f"(it is at {self._now} s)"
+            )
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:
             _, _, future = heapq.heappop(self._sleepers)

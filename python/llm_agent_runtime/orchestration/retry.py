@@ -237,7 +237,10 @@ class RetryPolicy:
     def delay_for(self, attempt: int, error: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based).
 
-        A `ProviderError`'s `retry_after` (also as a `PipelineStageError`'s cause) sets it.
+        A `ProviderError`'s `retry_after` (also as a `PipelineStageError`'s cause) sets it. A
+        rate limiter's refusal (`RateLimitExceededError`) adds the time its bucket needs
+        before the same call's wait fits its `max_wait` (`wait - max_wait`) to the backoff:
+        the backoff alone retried too early, to be refused again.
 
         Raises:
             ValueError: `attempt` is not an int of at least 1 (0 would give a bound below
@@ -260,9 +263,17 @@ class RetryPolicy:
                 return min(seconds, self._max_delay)
         # The exponent is clamped only to keep 2.0**n finite; the cap applies long before.
         bound = min(self._max_delay, self._base_delay * 2.0 ** min(attempt - 1, 1000))
-        if not self._jitter:
-            return bound
-        return (random if self._rng is None else self._rng).uniform(0.0, bound)
+        backoff = (
+            (random if self._rng is None else self._rng).uniform(0.0, bound)
+            if self._jitter
+            else bound
+        )
+        if isinstance(cause, RateLimitExceededError):
+            # The jittered backoff on top: callers refused together do not retry together.
+            needed = cause.wait - cause.max_wait
+            if 0.0 < needed < math.inf:
+                return min(self._max_delay, needed + backoff)
+        return backoff
 
     @overload
     async def run(
