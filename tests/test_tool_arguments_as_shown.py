@@ -143,3 +143,56 @@ async def test_every_key_name_the_schema_allows_is_taken(i: str, f: str, b: str)
 async def test_a_name_the_schema_refuses_is_refused() -> None:
     observation = await call(by_key, {"ints": {"alice": 1.0}, "floats": {}, "flags": {}})
     assert observation.error_kind == "permanent" and "ints.alice" in observation.content
+
+
+class Priority(enum.Enum):
+    LOW = 1
+    HIGH = 2
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Weight(enum.Enum):
+    HALF = 0.5
+    UNSET = None
+
+
+@pytest.mark.parametrize(
+    ("key", "names", "sent", "received"),
+    [
+        (Priority, ["1", "2"], {"2": "x"}, {Priority.HIGH: "x"}),
+        (Level, ["1", "2"], {"1": "x"}, {Level.LOW: "x"}),
+        (Weight, ["0.5", "null"], {"null": "x"}, {Weight.UNSET: "x"}),
+        (Literal[1, 2], ["1", "2"], {"1": "x"}, {1: "x"}),
+        (Literal[True], ["true"], {"true": "x"}, {True: "x"}),
+    ],
+)
+async def test_enum_and_literal_keys_of_numbers_take_and_show_their_json_names(
+    key: Any, names: list[str], sent: dict[str, str], received: dict[Any, str]
+) -> None:
+    # A plain Enum's or a Literal's keys of numbers were shown as numbers (or not at all),
+    # which no JSON name is, and every name sent was refused: the tool could never run.
+    def owners(by: Any) -> str:
+        """Reads a map."""
+        return repr(by)
+
+    owners.__annotations__["by"] = dict[key, str]
+    spec = ar.tool(owners)
+    assert spec.parameters["properties"]["by"]["propertyNames"] == {"enum": names}
+    assert await call(spec, {"by": sent}) == (repr(received), None)
+    refused = await call(spec, {"by": {"3": "x"}})
+    assert refused.error_kind == "permanent" and "by.3.[key]" in refused.content
+
+
+def test_text_keys_of_an_enum_or_literal_are_shown_as_before() -> None:
+    @ar.tool
+    def colors(by: dict[Color, int], names: dict[Literal["a", "b"], int]) -> str:
+        """Reads maps."""
+        return repr((by, names))
+
+    properties = colors.parameters["properties"]
+    assert "enum" not in properties["by"]["propertyNames"]  # the Enum's definition, by $ref
+    assert properties["names"]["propertyNames"] == {"enum": ["a", "b"]}

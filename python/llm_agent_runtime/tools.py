@@ -37,6 +37,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    MutableMapping,
 )
 from types import SimpleNamespace
 from typing import (
@@ -2217,6 +2218,8 @@ def _checked_as_shown(annotation: Any, aliases: frozenset[int] = frozenset()) ->
         inner = _checked_as_shown(args[0], aliases)
         return annotation if inner is args[0] else Annotated[(inner, *args[1:])]
     rewritten = tuple(_checked_as_shown(a, aliases) for a in args)
+    if origin in _MAPPINGS and len(rewritten) == 2:
+        rewritten = (_keys_from_names(rewritten[0]), rewritten[1])
     if all(new is old for new, old in zip(rewritten, args, strict=True)):
         return annotation
     try:
@@ -2225,6 +2228,45 @@ def _checked_as_shown(annotation: Any, aliases: frozenset[int] = frozenset()) ->
         return origin[rewritten]
     except TypeError:  # a generic that cannot be rebuilt so: left as pydantic reads it
         return annotation
+
+
+_MAPPINGS = frozenset({dict, Mapping, MutableMapping})
+"""The origins of the mappings whose keys `_keys_from_names` reads (JSON sends objects)."""
+
+_NAMED_SCALARS = (int, float, bool, type(None))
+"""The types of the Enum and Literal key values a JSON name stands for by their JSON text."""
+
+
+def _named_by_text(values: Iterable[Any]) -> bool:
+    """Whether mapping keys of `values` are sent by their JSON texts.
+
+    So are numbers, booleans and None (plain values, not Enum members); text needs nothing.
+    """
+    return all(type(v) in _NAMED_SCALARS for v in values)
+
+
+def _keys_from_names(key: Any) -> Any:
+    """`key`, a mapping's key type, taking the JSON names its values are sent by.
+
+    A JSON object's names are text: pydantic takes "1" for an `int` key, but not for a plain
+    Enum's member of value 1 or for `Literal[1, 2]`, so every name a model could send was
+    refused (the names are shown by `_ArgumentsJsonSchema.dict_schema`).
+    """
+    if isinstance(key, type) and issubclass(key, enum.Enum):
+        values: list[Any] = list(key)
+    elif get_origin(key) is Literal:
+        values = list(get_args(key))
+    else:
+        return key
+    if not _named_by_text(v.value if isinstance(v, enum.Enum) else v for v in values):
+        return key
+    # The first value of a name wins, as the schema lists it.
+    by_name = {json.dumps(getattr(v, "value", v)): v for v in reversed(values)}
+
+    def from_name(name: Any) -> Any:
+        return by_name.get(name, name) if type(name) is str else name
+
+    return Annotated[key, BeforeValidator(from_name)]
 
 
 def _aliased(annotation: Any) -> Any:
@@ -2480,6 +2522,14 @@ class _ArgumentsJsonSchema(GenerateJsonSchema):
         """
         shown = super().dict_schema(schema)
         keys = schema.get("keys_schema")
+        while keys is not None and keys["type"] == "function-before":  # `_keys_from_names`
+            keys = keys.get("schema")
+        if keys is not None and keys["type"] in ("enum", "literal"):
+            listed = keys["members"] if keys["type"] == "enum" else keys["expected"]
+            values = [v.value if isinstance(v, enum.Enum) else v for v in listed]
+            if _named_by_text(values):  # as `_keys_from_names` reads them
+                shown["propertyNames"] = {"enum": list(dict.fromkeys(map(json.dumps, values)))}
+            return shown
         names = _KEY_NAMES.get(keys["type"]) if keys is not None else None
         if names is not None and "propertyNames" not in shown:
             shown["propertyNames"] = names
