@@ -2262,11 +2262,21 @@ def _keys_from_names(key: Any) -> Any:
         return key
     # The first value of a name wins, as the schema lists it.
     by_name = {json.dumps(getattr(v, "value", v)): v for v in reversed(values)}
+    return Annotated[key, BeforeValidator(_KeyFromName(by_name))]
 
-    def from_name(name: Any) -> Any:
-        return by_name.get(name, name) if type(name) is str else name
 
-    return Annotated[key, BeforeValidator(from_name)]
+class _KeyFromName:
+    """A mapping key's value from the JSON name it is sent by (see `_keys_from_names`).
+
+    Its own class: the schema shows the names of the keys it reads, and of no others (a
+    model's or TypedDict's dict field keeps pydantic's reading, and its schema).
+    """
+
+    def __init__(self, by_name: dict[str, Any]) -> None:
+        self.by_name = by_name
+
+    def __call__(self, name: Any) -> Any:
+        return self.by_name.get(name, name) if type(name) is str else name
 
 
 def _aliased(annotation: Any) -> Any:
@@ -2522,14 +2532,11 @@ class _ArgumentsJsonSchema(GenerateJsonSchema):
         """
         shown = super().dict_schema(schema)
         keys = schema.get("keys_schema")
-        while keys is not None and keys["type"] == "function-before":  # `_keys_from_names`
-            keys = keys.get("schema")
-        if keys is not None and keys["type"] in ("enum", "literal"):
-            listed = keys["members"] if keys["type"] == "enum" else keys["expected"]
-            values = [v.value if isinstance(v, enum.Enum) else v for v in listed]
-            if _named_by_text(values):  # as `_keys_from_names` reads them
-                shown["propertyNames"] = {"enum": list(dict.fromkeys(map(json.dumps, values)))}
-            return shown
+        if keys is not None and keys["type"] == "function-before":
+            reader = keys["function"].get("function")
+            if isinstance(reader, _KeyFromName):  # the names `_keys_from_names` reads
+                shown["propertyNames"] = {"enum": list(reader.by_name)[::-1]}
+                return shown
         names = _KEY_NAMES.get(keys["type"]) if keys is not None else None
         if names is not None and "propertyNames" not in shown:
             shown["propertyNames"] = names
