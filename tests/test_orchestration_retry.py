@@ -1,5 +1,6 @@
 import asyncio
 import random
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -247,3 +248,9 @@ def test_a_rate_limit_refusals_delay_is_capped_and_without_jitter_exact() -> Non
     assert policy.delay_for(1, ar.RateLimitExceededError(wait=2.0, max_wait=0.5)) == 2.0
     # A wait within max_wait (not a refusal the limiter makes) is the backoff alone.
     assert policy.delay_for(2, ar.RateLimitExceededError(wait=0.1, max_wait=0.5)) == 1.0
+    # A number of another real type counts (it raised a TypeError, which replaced the
+    # refusal); one that cannot be read is no delay.
+    assert policy.delay_for(1, ar.RateLimitExceededError(Decimal("2"), 0.5)) == 2.0  # type: ignore[arg-type]
+    unreadable = ar.RateLimitExceededError(2.0, 0.5)
+    unreadable.wait = "soon"  # type: ignore[assignment]
+    assert policy.delay_for(1, unreadable) == 0.5

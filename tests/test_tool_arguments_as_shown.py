@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import re
 import typing
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal, NewType, TypeVar
 
+import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -196,3 +198,57 @@ def test_text_keys_of_an_enum_or_literal_are_shown_as_before() -> None:
     properties = colors.parameters["properties"]
     assert "enum" not in properties["by"]["propertyNames"]  # the Enum's definition, by $ref
     assert properties["names"]["propertyNames"] == {"enum": ["a", "b"]}
+
+
+Forward = TypeAliasType("Forward", Iterable["Named"])
+Tree = TypeAliasType("Tree", "list[Tree] | int")
+
+
+class Named(pydantic.BaseModel):
+    name: str
+
+
+async def test_an_alias_naming_a_type_by_a_string_is_left_to_pydantic() -> None:
+    # Looked through, the alias's value lost what resolves "Named": no tool could be made.
+    def add(items: Forward) -> str:
+        """Adds items."""
+        return repr(list(items))
+
+    spec = ar.tool(add)
+    assert await call(spec, {"items": [{"name": "a"}]}) == ("[Named(name='a')]", None)
+
+
+PriorityKey = TypeAliasType("PriorityKey", Priority)
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        dict[Annotated[Priority, pydantic.Field(description="who")], str],
+        dict[PriorityKey, str],
+        dict[NewType("Ranked", Literal[1, 2]), str],  # type: ignore[misc]
+        collections.OrderedDict[Priority, str],
+        collections.defaultdict[Priority, str],
+    ],
+)
+async def test_keys_behind_annotated_aliases_and_other_mappings_take_their_names(
+    mapping: Any,
+) -> None:
+    def owners(by: Any) -> str:
+        """Reads a map."""
+        return repr(sorted((getattr(k, "value", k), v) for k, v in by.items()))
+
+    owners.__annotations__["by"] = mapping
+    spec = ar.tool(owners)
+    assert spec.parameters["properties"]["by"]["propertyNames"] == {"enum": ["1", "2"]}
+    assert await call(spec, {"by": {"2": "x"}}) == ("[(2, 'x')]", None)
+
+
+async def test_a_counter_of_enum_keys_takes_their_names() -> None:
+    def tally(counts: collections.Counter[Priority]) -> str:
+        """Reads counts."""
+        return repr(counts[Priority.HIGH])
+
+    spec = ar.tool(tally)
+    assert spec.parameters["properties"]["counts"]["propertyNames"] == {"enum": ["1", "2"]}
+    assert await call(spec, {"counts": {"2": 3}}) == ("3", None)

@@ -2218,8 +2218,8 @@ def _checked_as_shown(annotation: Any, aliases: frozenset[int] = frozenset()) ->
         inner = _checked_as_shown(args[0], aliases)
         return annotation if inner is args[0] else Annotated[(inner, *args[1:])]
     rewritten = tuple(_checked_as_shown(a, aliases) for a in args)
-    if origin in _MAPPINGS and len(rewritten) == 2:
-        rewritten = (_keys_from_names(rewritten[0]), rewritten[1])
+    if origin in _MAPPINGS:  # a `Counter`'s one argument is its key too
+        rewritten = (_keys_from_names(rewritten[0]), *rewritten[1:])
     if all(new is old for new, old in zip(rewritten, args, strict=True)):
         return annotation
     try:
@@ -2230,7 +2230,16 @@ def _checked_as_shown(annotation: Any, aliases: frozenset[int] = frozenset()) ->
         return annotation
 
 
-_MAPPINGS = frozenset({dict, Mapping, MutableMapping})
+_MAPPINGS = frozenset(
+    {
+        dict,
+        Mapping,
+        MutableMapping,
+        collections.OrderedDict,
+        collections.defaultdict,
+        collections.Counter,
+    }
+)
 """The origins of the mappings whose keys `_keys_from_names` reads (JSON sends objects)."""
 
 _NAMED_SCALARS = (int, float, bool, type(None))
@@ -2252,6 +2261,13 @@ def _keys_from_names(key: Any) -> Any:
     Enum's member of value 1 or for `Literal[1, 2]`, so every name a model could send was
     refused (the names are shown by `_ArgumentsJsonSchema.dict_schema`).
     """
+    if get_origin(key) is Annotated:  # its metadata kept
+        inner = _keys_from_names(key.__origin__)
+        return key if inner is key.__origin__ else Annotated[(inner, *key.__metadata__)]
+    aliased = _aliased(key)
+    if aliased is not None:
+        inner = _keys_from_names(aliased)
+        return key if inner is aliased else inner
     if isinstance(key, type) and issubclass(key, enum.Enum):
         values: list[Any] = list(key)
     elif get_origin(key) is Literal:
@@ -2282,19 +2298,40 @@ class _KeyFromName:
 def _aliased(annotation: Any) -> Any:
     """What the type alias or `NewType` `annotation` stands for, or None for another one.
 
-    A generic alias (`Pair[int]`) with its type arguments put in.
+    A generic alias (`Pair[int]`) with its type arguments put in. None too for an alias
+    whose value names a type by a string (`Iterable["Item"]`, or itself, as a recursive
+    alias does): only the alias resolves it, so it is not looked through (what it names is
+    then validated as pydantic reads it).
     """
     if isinstance(annotation, typing.NewType):
-        return annotation.__supertype__
+        supertype = annotation.__supertype__
+        return supertype if _names_types_itself(supertype, annotation) else None
     origin = get_origin(annotation)
     alias: Any = origin if origin is not None else annotation
     if not isinstance(alias, _ALIAS_TYPES):
         return None
     value = getattr(alias, "__value__", None)
+    if not _names_types_itself(value, alias):
+        return None
     if origin is None:
         return value
     params = getattr(alias, "__type_params__", ())
     return _with_type_arguments(value, dict(zip(params, get_args(annotation), strict=False)))
+
+
+def _names_types_itself(value: Any, alias: Any) -> bool:
+    """Whether `value`, what `alias` stands for, holds no type named by a string.
+
+    Nor `alias` itself, however deep: a forward reference only the alias resolves.
+    """
+    if isinstance(value, (str, typing.ForwardRef)) or value is alias:
+        return False
+    origin, args = get_origin(value), get_args(value)
+    if origin is Literal:  # values, not types (a str among them too)
+        return True
+    if origin is Annotated:  # the type, then metadata (a str among them too)
+        args = args[:1]
+    return all(_names_types_itself(arg, alias) for arg in args)
 
 
 def _same_value(value: Any, expected: Any) -> bool:
@@ -2530,7 +2567,19 @@ class _ArgumentsJsonSchema(GenerateJsonSchema):
         JSON names are strings: pydantic shows no constraint on them for such keys, and
         a model that sent other names (`{"alice": 1}` for `dict[int, float]`) was refused.
         """
-        shown = super().dict_schema(schema)
+        return self._with_key_names(super().dict_schema(schema), schema)
+
+    def ordered_dict_schema(self, schema: core_schema.OrderedDictSchema) -> JsonSchemaValue:
+        """As `dict_schema`, for an `OrderedDict`."""
+        return self._with_key_names(super().ordered_dict_schema(schema), schema)
+
+    def counter_schema(self, schema: core_schema.CounterSchema) -> JsonSchemaValue:
+        """As `dict_schema`, for a `Counter`."""
+        return self._with_key_names(super().counter_schema(schema), schema)
+
+    @staticmethod
+    def _with_key_names(shown: JsonSchemaValue, schema: Mapping[str, Any]) -> JsonSchemaValue:
+        """`shown`, a mapping's schema, with the names its keys take (`dict_schema`)."""
         keys = schema.get("keys_schema")
         if keys is not None and keys["type"] == "function-before":
             reader = keys["function"].get("function")

@@ -270,7 +270,11 @@ class RetryPolicy:
         )
         if isinstance(cause, RateLimitExceededError):
             # The jittered backoff on top: callers refused together do not retry together.
-            needed = cause.wait - cause.max_wait
+            # Numbers that cannot be read (an error made by hand) are no delay, as above.
+            try:
+                needed = check_real("wait", cause.wait) - check_real("max_wait", cause.max_wait)
+            except Exception:
+                needed = math.nan
             if 0.0 < needed < math.inf:
                 return min(self._max_delay, needed + backoff)
         return backoff
