@@ -709,6 +709,54 @@ def test_graph_results_listing_every_id_out_of_memory_raise_graph_error() -> Non
     ]
 
 
+# Under limits a megabyte or so apart, a result's strings, its list, its dict or its floats
+# may be what does not fit: each such failure must be a GraphError (pyo3's list and float
+# constructors panicked, a BaseException, and with RUST_BACKTRACE set the panic's own
+# backtrace could hang the process).
+GRAPH_RESULT_LIMITS_SCENARIO = (
+    VM_BYTES
+    + """
+    import resource
+    import llm_agent_runtime as ar
+
+    n = 2**20
+    g = ar.GraphStore.from_edge_list(n, [(i, i + 1) for i in range(n - 1)])
+    g.shortest_path("0", "2")  # the snapshot is built before the limits
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    outcomes = set()
+    for extra_mib in range(80, 150, 5):
+        for name, call in [
+            ("entity_ids", g.entity_ids),
+            ("bfs", lambda: g.bfs("0")),
+            ("degree_centrality", g.degree_centrality),
+            ("reachable", lambda: g.reachable("0")),
+        ]:
+            resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + extra_mib * 2**20, hard))
+            try:
+                assert len(call()) >= n - 1
+                outcomes.add("fit")
+            except ar.GraphError as e:
+                assert str(e).startswith("out of memory: "), e
+                outcomes.add("GraphError")
+            finally:
+                resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    print(sorted(outcomes), len(g.entity_ids()))
+"""
+)
+
+
+@NEEDS_ADDRESS_LIMIT
+def test_graph_results_under_tight_limits_fit_or_raise_graph_error() -> None:
+    out = run_python(
+        GRAPH_RESULT_LIMITS_SCENARIO,
+        timeout=60,
+        env={"MIMALLOC_ARENA_RESERVE": "0", "RUST_BACKTRACE": "1"},
+    )
+    outcomes, count = out.rsplit(" ", 1)
+    assert count.strip() == str(2**20)
+    assert "GraphError" in outcomes  # some limits were too tight: the failures were seen
+
+
 GRAPH_TOO_LARGE_SCENARIO = (
     VM_BYTES
     + """

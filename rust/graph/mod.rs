@@ -114,23 +114,19 @@ impl Frozen {
     /// The ids of `nodes` as a Python list.
     fn py_list<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PyList>> {
         if self.few(nodes.len()) {
-            let strings = nodes
-                .iter()
-                .map(|&v| self.py_str(py, v))
-                .collect::<PyResult<Vec<_>>>()?;
-            return PyList::new(py, strings);
+            return graph_list(py, nodes.len(), |i| {
+                Ok(self.py_str(py, nodes[i])?.into_any())
+            });
         }
         let ids = self.py_ids(py)?;
-        // Checked once up front, so the list is filled straight from the ids.
-        if let Some(v) = nodes.iter().copied().max() {
-            py_id(ids, v as usize)?;
-        }
-        PyList::new(py, nodes.iter().map(|&v| ids[v as usize].bind(py)))
+        graph_list(py, nodes.len(), |i| {
+            Ok(py_id(ids, nodes[i] as usize)?.bind(py).clone().into_any())
+        })
     }
 
     /// The ids of `nodes` (distinct) as a Python set.
     fn py_set<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PySet>> {
-        PySet::new(py, self.py_list(py, nodes)?)
+        PySet::new(py, self.py_list(py, nodes)?).map_err(|e| graph_memory(py, e))
     }
 
     /// `{id: value}` for the given `(node, value)` pairs.
@@ -139,18 +135,18 @@ impl Frozen {
         py: Python<'py>,
         values: impl ExactSizeIterator<Item = (usize, f64)>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let dict = PyDict::new(py);
+        let dict = graph_dict(py)?;
         if self.few(values.len()) {
             for (v, x) in values {
                 let node =
                     u32::try_from(v).map_err(|_| outside_snapshot(v, self.ids.entity_count()))?;
-                dict.set_item(self.py_str(py, node)?, x)?;
+                graph_set_item(&dict, self.py_str(py, node)?.as_any(), &graph_float(py, x)?)?;
             }
             return Ok(dict);
         }
         let ids = self.py_ids(py)?;
         for (v, x) in values {
-            dict.set_item(py_id(ids, v)?.bind(py), x)?;
+            graph_set_item(&dict, py_id(ids, v)?.bind(py), &graph_float(py, x)?)?;
         }
         Ok(dict)
     }
@@ -230,6 +226,69 @@ fn graph_str<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyString>>
         Err(e) if e.is_instance_of::<PyMemoryError>(py) => Err(out_of_memory().into()),
         Err(e) => Err(e),
     }
+}
+
+/// Python's `MemoryError` (an allocation that failed) as the graph's "out of memory"
+/// `GraphError`; any other error as it is.
+fn graph_memory(py: Python<'_>, error: PyErr) -> PyErr {
+    if error.is_instance_of::<PyMemoryError>(py) {
+        CoreError::Graph("out of memory: the result's Python objects".into()).into()
+    } else {
+        error
+    }
+}
+
+/// A list of `len` items, `item(i)` the i-th: an allocation that fails is the graph's "out
+/// of memory" (pyo3's `PyList::new` panics there, a `BaseException`).
+fn graph_list<'py>(
+    py: Python<'py>,
+    len: usize,
+    mut item: impl FnMut(usize) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let slots = ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| CoreError::Graph("out of memory: the result's list".into()))?;
+    #[allow(unsafe_code)]
+    // SAFETY: the GIL is held; the call returns a new list of `slots` empty slots, or NULL
+    // with the exception set.
+    let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(slots)) }
+        .map_err(|e| graph_memory(py, e))?;
+    for i in 0..slots {
+        let value = item(i as usize)?; // a list left part empty is freed whole: no leak
+        #[allow(unsafe_code)]
+        // SAFETY: `list` is a list of `slots` slots and `i` is below it; the call takes the
+        // reference `into_ptr` hands over, whatever it returns.
+        if unsafe { ffi::PyList_SetItem(list.as_ptr(), i, value.into_ptr()) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+    }
+    Ok(list.cast_into::<PyList>()?)
+}
+
+/// An empty dict, an allocation that fails being the graph's "out of memory".
+fn graph_dict(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    #[allow(unsafe_code)]
+    // SAFETY: the GIL is held; the call returns a new dict, or NULL with the exception set.
+    let dict = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDict_New()) }
+        .map_err(|e| graph_memory(py, e))?;
+    Ok(dict.cast_into::<PyDict>()?)
+}
+
+/// `x` as a Python float, an allocation that fails being the graph's "out of memory".
+fn graph_float(py: Python<'_>, x: f64) -> PyResult<Bound<'_, PyAny>> {
+    #[allow(unsafe_code)]
+    // SAFETY: the GIL is held; the call returns a new float, or NULL with the exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyFloat_FromDouble(x)) }
+        .map_err(|e| graph_memory(py, e))
+}
+
+/// `dict[key] = value`, a dict that cannot grow being the graph's "out of memory".
+fn graph_set_item(
+    dict: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    dict.set_item(key, value)
+        .map_err(|e| graph_memory(dict.py(), e))
 }
 
 fn py_id(ids: &[Py<PyString>], v: usize) -> PyResult<&Py<PyString>> {
@@ -1159,13 +1218,10 @@ impl PyGraphStore {
             }
             Ok((text, ends))
         })??;
-        let mut strings = alloc::with_capacity(ends.len(), "the entity ids as strings")?;
-        let mut start = 0;
-        for &end in &ends {
-            strings.push(graph_str(py, text.get(start..end).unwrap_or_default())?);
-            start = end;
-        }
-        PyList::new(py, strings)
+        graph_list(py, ends.len(), |i| {
+            let start = i.checked_sub(1).map_or(0, |before| ends[before]);
+            Ok(graph_str(py, text.get(start..ends[i]).unwrap_or_default())?.into_any())
+        })
     }
 
     /// Number of entities.
@@ -1566,12 +1622,13 @@ impl PyGraphStore {
         })?;
         // Every list holds the snapshot's strings (one per entity), not a string per item.
         let ids = frozen.py_ids(py)?;
-        let dict = PyDict::new(py);
+        let dict = graph_dict(py)?;
         for &v in &order {
             let row = closure
                 .get(v as usize)
                 .ok_or_else(|| outside_snapshot(v as usize, closure.len()))?;
-            dict.set_item(py_id(ids, v as usize)?.bind(py), frozen.py_list(py, row)?)?;
+            let key = py_id(ids, v as usize)?.bind(py);
+            graph_set_item(&dict, key, frozen.py_list(py, row)?.as_any())?;
         }
         Ok(dict)
     }
@@ -1885,11 +1942,9 @@ impl PyGraphStore {
         if items.saturating_mul(FEW_NODES) >= frozen.ids.entity_count() {
             frozen.py_ids(py)?;
         }
-        let lists = found
-            .iter()
-            .map(|c| frozen.py_list(py, c))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, lists)
+        graph_list(py, found.len(), |i| {
+            Ok(frozen.py_list(py, &found[i])?.into_any())
+        })
     }
 
     // ------------------------------------------------------------------ the seed's queries
