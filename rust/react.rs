@@ -1456,32 +1456,27 @@ fn blank_to_line_end(text: &str) -> bool {
         .is_some_and(|line| line.trim().is_empty())
 }
 
-/// [`call_arguments`] of `(value)` where the value is a dict or a list written as Python
-/// writes one, which matching the brackets misses: a `)` or `"` in a single-quoted string
-/// (`note({'text': '1) wash'})`) closed the call or opened a string. Its end is found by a
-/// scan that knows those strings; `None` when no `)` follows it (blanks aside), as in
-/// `tool({...}, 2)`.
+/// [`call_arguments`] of a call whose arguments open with a dict, a list or a string
+/// written as Python writes them, which matching the brackets misses: a `)` or `"` in a
+/// single-quoted string (`note({'text': '1) wash'})`) closed the call or opened a string.
+/// Its end is found by a scan that knows those strings.
 #[cold]
 #[inline(never)]
 fn literal_call_arguments(rest: &str) -> Option<&str> {
     let inner = rest.strip_prefix('(')?;
-    let value_at = 1 + inner.len() - inner.trim_start().len();
-    let bytes = rest.as_bytes();
-    if !matches!(bytes.get(value_at), Some(b'{' | b'[')) {
+    if !inner.trim_start().starts_with(['{', '[', '\'', '"']) {
+        return None; // plain words may hold an apostrophe (`search(what's new)`)
+    }
+    let close = python_close(rest)?;
+    if !blank_to_line_end(rest.get(close..)?) {
         return None;
     }
-    let value_end = value_at + python_value_close(rest.get(value_at..)?)?;
-    let after = rest.get(value_end..)?;
-    let close_at = value_end + after.len() - after.trim_start().len();
-    if bytes.get(close_at) != Some(&b')') || !blank_to_line_end(rest.get(close_at + 1..)?) {
-        return None;
-    }
-    rest.get(1..close_at)
+    rest.get(1..close - 1)
 }
 
-/// The end (exclusive) of the dict or list starting at `text[0]`, written as Python writes
-/// one: strings in single quotes as well as double, read as [`relaxed_json`] reads them.
-fn python_value_close(text: &str) -> Option<usize> {
+/// The end (exclusive) of the bracketed text opening at `text[0]` (`(`, `[` or `{`), its
+/// strings in single quotes as well as double, read as [`relaxed_json`] reads them.
+fn python_close(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let mut depth: usize = 0;
     let mut i = 0;
@@ -1491,8 +1486,8 @@ fn python_value_close(text: &str) -> Option<usize> {
                 i = python_string(text, i)?.1;
                 continue;
             }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => {
                 depth = depth.checked_sub(1)?;
                 if depth == 0 {
                     return Some(i + 1);

@@ -784,7 +784,13 @@ def test_call_parentheses_around_a_python_literal(reply: str, value: Any) -> Non
 
 @pytest.mark.parametrize(
     ("reply", "text"),
-    [("Action: f({'a': 1}, 2)", "{'a': 1}, 2"), ("Action: f(what's up)", "what's up")],
+    [
+        ("Action: f({'a': 1}, 2)", "{'a': 1}, 2"),
+        ("Action: f(what's up)", "what's up"),
+        # A `)` in a single-quoted string of one of several arguments.
+        ("Action: note({'t': ')'}, {'u': 1})", "{'t': ')'}, {'u': 1}"),
+        ("Action: f('a)b', 2)", "'a)b', 2"),
+    ],
 )
 def test_call_parentheses_around_more_than_a_literal_give_their_text(reply: str, text: str) -> None:
     assert parse_react_step(reply).action_input_text == text
