@@ -154,3 +154,17 @@ def test_a_float64_zero_or_nan_vector_is_still_refused() -> None:
         store.search(np.zeros(2), 1)
     with pytest.raises(ar.MemoryStoreError, match="NaN or infinite"):
         store.store("k", "v", embedding=[1e-50, float("nan")])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.int64, np.uint8])
+def test_a_list_of_numpy_scalars_is_a_vector_and_a_bool_among_them_is_refused(
+    dtype: Any,
+) -> None:
+    # `list(array)` holds numpy scalars: each was checked one by one (3 ms a vector).
+    store = ar.SemanticStore(dim=3)
+    store.store("k", "v", embedding=list(np.array([1, 2, 3], dtype=dtype)))
+    (hit,) = store.search([1.0, 2.0, 3.0], 1)
+    assert hit.key == "k" and hit.score == pytest.approx(1.0, abs=1e-6)
+    mixed = [*np.array([1, 2], dtype=dtype), np.bool_(True)]
+    with pytest.raises(ar.MemoryStoreError, match="bool"):
+        store.store("b", "v", embedding=mixed)
