@@ -5,6 +5,8 @@ and the same property limits however properties come in.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import random
 import sys
@@ -447,3 +449,40 @@ def test_an_array_of_edges_refuses_what_its_rows_would() -> None:
     frozen = np.array([[0, 1], [1, 2]])
     frozen.flags.writeable = False
     assert _relationships(ar.GraphStore.from_edge_list(3, frozen))[1] == ("1", "2", 1.0)
+
+
+def _empty_slots(items: list[Any]) -> int:
+    """How many of a list's slots hold no object (CPython's list layout)."""
+    pointer = ctypes.sizeof(ctypes.c_void_p)
+    address = ctypes.c_void_p.from_address(id(items) + 3 * pointer).value
+    if not items or address is None:
+        return 0
+    return sum(p is None for p in (ctypes.c_void_p * len(items)).from_address(address))
+
+
+@pytest.mark.parametrize("call", ["cycles", "label_propagation", "communities", "entity_ids"])
+def test_a_result_list_never_shows_an_empty_slot_to_the_collector(call: str) -> None:
+    # The lists of lists were made at their full size and filled as their items were made:
+    # making an item may run the collector, whose callbacks saw the list with empty slots
+    # (and one reading them crashed the interpreter).
+    n = 300
+    g = ar.GraphStore.from_edge_list(
+        n, [edge for i in range(0, n, 2) for edge in ((i, i + 1), (i + 1, i))]
+    )
+    seen: list[int] = []
+
+    def look(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            seen.extend(
+                slots for o in gc.get_objects() if type(o) is list and (slots := _empty_slots(o))
+            )
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(5)
+    gc.callbacks.append(look)
+    try:
+        result = getattr(g, call)()
+    finally:
+        gc.callbacks.remove(look)
+        gc.set_threshold(*threshold)
+    assert result and seen == []

@@ -252,3 +252,18 @@ async def test_a_counter_of_enum_keys_takes_their_names() -> None:
     spec = ar.tool(tally)
     assert spec.parameters["properties"]["counts"]["propertyNames"] == {"enum": ["1", "2"]}
     assert await call(spec, {"counts": {"2": 3}}) == ("3", None)
+
+
+def test_mutually_recursive_key_aliases_are_a_tool_error_not_a_recursion_error() -> None:
+    # As Python 3.12's `type A = B` and `type B = A`, whose values are evaluated lazily.
+    first = TypeAliasType("First", int)
+    second = TypeAliasType("Second", first)
+    object.__setattr__(first, "__value__", second)
+
+    def owners(by: Any) -> str:
+        """Reads a map."""
+        return repr(by)
+
+    owners.__annotations__["by"] = dict[first, str]  # type: ignore[valid-type]
+    with pytest.raises(ar.ToolError, match="no JSON schema"):
+        ar.tool(owners)

@@ -2254,7 +2254,7 @@ def _named_by_text(values: Iterable[Any]) -> bool:
     return all(type(v) in _NAMED_SCALARS for v in values)
 
 
-def _keys_from_names(key: Any) -> Any:
+def _keys_from_names(key: Any, aliases: frozenset[int] = frozenset()) -> Any:
     """`key`, a mapping's key type, taking the JSON names its values are sent by.
 
     A JSON object's names are text: pydantic takes "1" for an `int` key, but not for a plain
@@ -2262,11 +2262,13 @@ def _keys_from_names(key: Any) -> Any:
     refused (the names are shown by `_ArgumentsJsonSchema.dict_schema`).
     """
     if get_origin(key) is Annotated:  # its metadata kept
-        inner = _keys_from_names(key.__origin__)
+        inner = _keys_from_names(key.__origin__, aliases)
         return key if inner is key.__origin__ else Annotated[(inner, *key.__metadata__)]
     aliased = _aliased(key)
-    if aliased is not None:
-        inner = _keys_from_names(aliased)
+    if aliased is not None:  # `aliases`: those followed, as `_checked_as_shown` keeps them
+        if id(key) in aliases:
+            return key
+        inner = _keys_from_names(aliased, aliases | {id(key)})
         return key if inner is aliased else inner
     if isinstance(key, type) and issubclass(key, enum.Enum):
         values: list[Any] = list(key)

@@ -76,6 +76,8 @@ impl WeightedGraph {
             if a == b {
                 self_loops[a as usize] += w;
             } else {
+                // Past the iterator's hint (a filtered one says 0), grown fallibly too.
+                reserve(&mut half, 2, "the community graph's edges")?;
                 half.push((a, b, w));
                 half.push((b, a, w));
             }
@@ -230,11 +232,14 @@ fn local_moving(
         sizes[community[v]] += 1;
     }
     // Community ids with no member: where a node goes to stand alone.
-    let mut empty: Vec<usize> = (0..n).filter(|&c| sizes[c] == 0).collect();
+    let mut empty: Vec<usize> = with_capacity(n, "the empty communities")?;
+    empty.extend((0..n).filter(|&c| sizes[c] == 0));
     let mut order: Vec<usize> = collected(0..n, "the node order")?;
     rng.shuffle(&mut order);
     let mut link = filled(n, 0.0, "the community links")?;
-    let mut touched: Vec<usize> = Vec::new();
+    // A node's neighbours' communities: at most every community. Reserved at once, as the
+    // buffers above: grown as it goes, a failed growth aborted the process.
+    let mut touched: Vec<usize> = with_capacity(n, "the neighbouring communities")?;
     let mut any_move = false;
     let mut improvement = 0.0;
     for _ in 0..MAX_PASSES {
@@ -413,10 +418,7 @@ fn louvain_once(
         aggregated = Some(WeightedGraph::from_edges(count, edges.into_iter())?);
     }
     let count = renumber(&mut membership)?;
-    let mut communities = filled(count, Vec::new(), "the communities")?;
-    for (v, &c) in membership.iter().enumerate() {
-        communities[c].push(v as u32);
-    }
+    let communities = grouped(&membership, count)?;
     let q = modularity_of(original, &membership, resolution)?;
     Ok((communities, q))
 }
@@ -458,8 +460,9 @@ pub fn label_propagation(
     let mut rng = SplitMix::new(seed);
     let mut order: Vec<usize> = collected(0..n, "the node order")?;
     let mut weight_of = filled(n, 0.0, "the label weights")?;
-    let mut touched = Vec::new();
-    let mut best = Vec::new();
+    // At most one a label, reserved at once as the buffers above (see `local_moving`).
+    let mut touched = with_capacity(n, "the neighbouring labels")?;
+    let mut best = with_capacity(n, "the best labels")?;
     for _ in 0..max_rounds {
         check()?;
         rng.shuffle(&mut order);
@@ -491,9 +494,24 @@ pub fn label_propagation(
         }
     }
     let count = renumber(&mut label)?;
-    let mut communities = filled(count, Vec::new(), "the communities")?;
-    for (v, &c) in label.iter().enumerate() {
-        communities[c].push(v as u32);
+    grouped(&label, count)
+}
+
+/// The nodes of each of `count` communities, by `membership` (each node's, below `count`),
+/// in node order. Every list is allocated at its size, fallibly: a graph of many small
+/// communities must fail as "out of memory", not abort.
+fn grouped(membership: &[usize], count: usize) -> CoreResult<Vec<Vec<u32>>> {
+    let mut sizes = filled(count, 0usize, "the communities' sizes")?;
+    for &c in membership {
+        sizes[c] += 1;
+    }
+    let mut communities = with_capacity(count, "the communities")?;
+    for size in sizes {
+        communities.push(with_capacity(size, "a community")?);
+    }
+    for (v, &c) in membership.iter().enumerate() {
+        let members: &mut Vec<u32> = &mut communities[c];
+        members.push(v as u32); // within the capacity counted above
     }
     Ok(communities)
 }

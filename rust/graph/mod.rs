@@ -124,6 +124,20 @@ impl Frozen {
         })
     }
 
+    /// Lists of ids (cycles, communities) as a Python list of lists.
+    fn py_lists<'py>(&self, py: Python<'py>, lists: &[Vec<u32>]) -> PyResult<Bound<'py, PyList>> {
+        // Many items list the snapshot's strings (one per entity), not a string per item.
+        let items = lists
+            .iter()
+            .fold(0usize, |sum, c| sum.saturating_add(c.len()));
+        if !self.few(items) {
+            self.py_ids(py)?;
+        }
+        graph_list(py, lists.len(), |i| {
+            Ok(self.py_list(py, &lists[i])?.into_any())
+        })
+    }
+
     /// The ids of `nodes` (distinct) as a Python set.
     fn py_set<'py>(&self, py: Python<'py>, nodes: &[u32]) -> PyResult<Bound<'py, PySet>> {
         PySet::new(py, self.py_list(py, nodes)?).map_err(|e| graph_memory(py, e))
@@ -240,28 +254,24 @@ fn graph_memory(py: Python<'_>, error: PyErr) -> PyErr {
 
 /// A list of `len` items, `item(i)` the i-th: an allocation that fails is the graph's "out
 /// of memory" (pyo3's `PyList::new` panics there, a `BaseException`).
+///
+/// Appended one by one, so the list never holds an empty slot: making an item may run the
+/// cycle collector, whose callbacks and finalizers can reach the list (`gc.get_objects`).
 fn graph_list<'py>(
     py: Python<'py>,
     len: usize,
     mut item: impl FnMut(usize) -> PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let slots = ffi::Py_ssize_t::try_from(len)
-        .map_err(|_| CoreError::Graph("out of memory: the result's list".into()))?;
     #[allow(unsafe_code)]
-    // SAFETY: the GIL is held; the call returns a new list of `slots` empty slots, or NULL
-    // with the exception set.
-    let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(slots)) }
-        .map_err(|e| graph_memory(py, e))?;
-    for i in 0..slots {
-        let value = item(i as usize)?; // a list left part empty is freed whole: no leak
-        #[allow(unsafe_code)]
-        // SAFETY: `list` is a list of `slots` slots and `i` is below it; the call takes the
-        // reference `into_ptr` hands over, whatever it returns.
-        if unsafe { ffi::PyList_SetItem(list.as_ptr(), i, value.into_ptr()) } < 0 {
-            return Err(PyErr::fetch(py));
-        }
+    // SAFETY: the GIL is held; the call returns a new empty list, or NULL with the
+    // exception set.
+    let list = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyList_New(0)) }
+        .map_err(|e| graph_memory(py, e))?
+        .cast_into::<PyList>()?;
+    for i in 0..len {
+        list.append(item(i)?).map_err(|e| graph_memory(py, e))?;
     }
-    Ok(list.cast_into::<PyList>()?)
+    Ok(list)
 }
 
 /// An empty dict, an allocation that fails being the graph's "out of memory".
@@ -760,17 +770,6 @@ impl PyGraphStore {
     ) -> PyResult<T> {
         let frozen = self.frozen(py)?;
         run_detached(py, move || f(&frozen))
-    }
-
-    /// Runs `f` on the frozen graph with the GIL released, giving it a check to call once a
-    /// pass: a signal handler that raises (Ctrl-C) stops the run with its exception.
-    fn run_interruptible<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&Frozen, community::Check<'_>) -> CoreResult<T> + Send,
-    ) -> PyResult<T> {
-        let frozen = self.frozen(py)?;
-        run_interruptible(py, move |check| f(&frozen, check))
     }
 }
 
@@ -1841,36 +1840,38 @@ impl PyGraphStore {
     ///     GraphError: When a weight is negative, or `resolution` is negative, NaN, inf or a
     ///         bool.
     #[pyo3(signature = (resolution = 1.0, seed = 0))]
-    fn communities(
+    fn communities<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         #[pyo3(from_py_with = resolution_arg)] resolution: f64,
         #[pyo3(from_py_with = seed_arg)] seed: u64,
-    ) -> PyResult<(Vec<Vec<String>>, f64)> {
-        self.run_interruptible(py, |f, check| {
-            f.refuse_negative("community detection")?;
-            let (communities, q) =
-                community::louvain(f.snapshot.n, f.snapshot.edges(), resolution, seed, check)?;
-            let names = communities.iter().map(|c| f.names(c));
-            Ok((names.collect::<CoreResult<_>>()?, q))
-        })
+    ) -> PyResult<(Bound<'py, PyList>, f64)> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let (communities, q) = run_interruptible(py, move |check| {
+            inner.refuse_negative("community detection")?;
+            let edges = inner.snapshot.edges();
+            community::louvain(inner.snapshot.n, edges, resolution, seed, check)
+        })?;
+        Ok((frozen.py_lists(py, &communities)?, q))
     }
 
     /// Asynchronous label propagation (weighted, seeded) on the undirected view.
     #[pyo3(signature = (seed = 0, max_rounds = 100))]
-    fn label_propagation(
+    fn label_propagation<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         #[pyo3(from_py_with = seed_arg)] seed: u64,
         #[pyo3(from_py_with = max_rounds_arg)] max_rounds: usize,
-    ) -> PyResult<Vec<Vec<String>>> {
-        self.run_interruptible(py, |f, check| {
-            f.refuse_negative("label propagation")?;
-            let edges = f.snapshot.edges();
-            let communities =
-                community::label_propagation(f.snapshot.n, edges, seed, max_rounds, check)?;
-            communities.iter().map(|c| f.names(c)).collect()
-        })
+    ) -> PyResult<Bound<'py, PyList>> {
+        let frozen = self.frozen(py)?;
+        let inner = frozen.clone();
+        let communities = run_interruptible(py, move |check| {
+            inner.refuse_negative("label propagation")?;
+            let edges = inner.snapshot.edges();
+            community::label_propagation(inner.snapshot.n, edges, seed, max_rounds, check)
+        })?;
+        frozen.py_lists(py, &communities)
     }
 
     /// Modularity of a partition (lists of ids) on the undirected view.
@@ -1935,16 +1936,7 @@ impl PyGraphStore {
                 algo::cycles(&inner.snapshot, cap, &mut || Ok(()))
             })?
         };
-        // Many cycles list the snapshot's strings (one per entity), not a string per item.
-        let items = found
-            .iter()
-            .fold(0usize, |sum, c| sum.saturating_add(c.len()));
-        if items.saturating_mul(FEW_NODES) >= frozen.ids.entity_count() {
-            frozen.py_ids(py)?;
-        }
-        graph_list(py, found.len(), |i| {
-            Ok(frozen.py_list(py, &found[i])?.into_any())
-        })
+        frozen.py_lists(py, &found)
     }
 
     // ------------------------------------------------------------------ the seed's queries
