@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 import llm_agent_runtime as ar
-from llm_agent_runtime.events import EventBus
+from llm_agent_runtime.events import EventBus, LlmTextDelta
 
 PAUSE_LIMIT_S = 0.5
 """How long the paused change waits for the other thread's change (which it blocks, once fixed)."""
@@ -182,3 +182,36 @@ def test_an_unread_subscription_the_collector_frees_while_its_event_is_queued_en
     emitter.join(10)
     assert not emitter.is_alive(), "emit hung on a subscription the collector freed"
     assert not bus.active  # every dropped subscription ended
+
+
+def test_a_bounded_subscription_stays_bounded_while_its_loop_is_not_running() -> None:
+    # Each event from another thread was handed to the reader's loop as a callback of its
+    # own: while that loop was not running (a program running it only between reads), they
+    # piled up, 80 MB for 200,000 events, whatever `max_buffered` said.
+    bus = EventBus()
+    loop = asyncio.new_event_loop()
+    try:
+        subscription = bus.subscribe(max_buffered=5)
+        bus.emit(LlmTextDelta("s", "first"))
+        assert loop.run_until_complete(subscription.__anext__()).text == "first"
+
+        def emit_elsewhere() -> None:
+            async def run() -> None:
+                for i in range(10_000):
+                    bus.emit(LlmTextDelta("s", f"t{i}"))
+
+            asyncio.run(run())
+
+        thread = threading.Thread(target=emit_elsewhere)
+        thread.start()
+        thread.join()
+        assert len(loop._ready) <= 1  # type: ignore[attr-defined]  # one wake-up, not 10,000
+        bus.close()  # the end, from this thread: after the events, and kept
+
+        async def read_all() -> list[str]:
+            return [event.text async for event in subscription]  # type: ignore[union-attr]
+
+        assert loop.run_until_complete(read_all()) == [f"t{i}" for i in range(9_995, 10_000)]
+        assert subscription.dropped == 9_995
+    finally:
+        loop.close()

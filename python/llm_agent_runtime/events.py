@@ -32,6 +32,7 @@ the start of a call it had not finished (the resume runs that call again, or ref
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -486,18 +487,57 @@ class _DroppingQueue(_SubscriberQueue):
     """A subscriber's queue of at most `limit` unread events: a new one pushes out the oldest.
 
     The end-of-stream marker (None, from `EventBus.close`) is always kept.
+
+    Events from other threads wait in an inbox of at most `limit` too (the oldest pushed
+    out), which one wake-up of the reader's loop empties: handed over one callback each,
+    they piled up unbounded while that loop was not running (a program that runs it only
+    between reads) or was blocked.
     """
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
         self.dropped = 0
+        self._inbox: collections.deque[Event | None] = collections.deque()
+        self._waking = False  # a wake-up to empty the inbox is scheduled
+        self._end_sent = False  # the end is in the inbox (or was)
+        # Guards the inbox, `_waking` and `dropped` (counted on both sides).
+        self._inbox_lock = threading.Lock()
+
+    def put_nowait(self, item: Event | None) -> None:
+        loop = self.reader_loop
+        if loop is None or loop is asyncio._get_running_loop():
+            super().put_nowait(item)  # queued here, or handed over (the end) as before
+            return
+        with self._inbox_lock:
+            if self._end_sent:
+                return  # nothing after the end is read
+            self._end_sent = item is None
+            self._inbox.append(item)
+            if len(self._inbox) > self.limit and not self._end_sent:
+                self._inbox.popleft()  # an event: the end is last, and only it is kept
+                self.dropped += 1
+            if self._waking:
+                return
+            self._waking = True
+        with contextlib.suppress(RuntimeError):  # the reader's loop has closed
+            loop.call_soon_threadsafe(self._empty_inbox)
+
+    def _empty_inbox(self) -> None:
+        """Queues the inbox's events, on the reader's loop."""
+        with self._inbox_lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+            self._waking = False
+        for item in items:
+            self._deliver(item)
 
     def _deliver(self, item: Event | None) -> None:
         if item is not None and not self.ended and self.qsize() >= self.limit:
             # One thread at a time queues (under `handover`, or on the reader's loop).
             self.get_nowait()
-            self.dropped += 1
+            with self._inbox_lock:
+                self.dropped += 1
         super()._deliver(item)
 
 
