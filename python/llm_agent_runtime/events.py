@@ -506,10 +506,16 @@ class _DroppingQueue(_SubscriberQueue):
 
     def put_nowait(self, item: Event | None) -> None:
         loop = self.reader_loop
-        if loop is None or loop is asyncio._get_running_loop():
-            super().put_nowait(item)  # queued here, or handed over (the end) as before
+        if loop is None:
+            with self.handover:  # read again under it: a reader may be starting to wait
+                loop = self.reader_loop
+                if loop is None:  # no reader waits yet: queued here
+                    self._deliver(item)
+                    return
+        if loop is asyncio._get_running_loop():
+            super().put_nowait(item)  # the reader's own loop: at once (the end handed over)
             return
-        with self._inbox_lock:
+        with self._inbox_lock:  # once a reader waits, every other thread's item comes here
             if self._end_sent:
                 return  # nothing after the end is read
             self._end_sent = item is None

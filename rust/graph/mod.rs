@@ -219,7 +219,6 @@ impl Frozen {
     }
 }
 
-/// The Python id of node `v`; an index out of range is an internal error, not a panic.
 /// `text` as a Python string; an allocation that fails is the graph's "out of memory"
 /// `GraphError` (pyo3's `PyString::new` panics there).
 fn graph_str<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyString>> {
@@ -301,6 +300,7 @@ fn graph_set_item(
         .map_err(|e| graph_memory(dict.py(), e))
 }
 
+/// The Python id of node `v`; an index out of range is an internal error, not a panic.
 fn py_id(ids: &[Py<PyString>], v: usize) -> PyResult<&Py<PyString>> {
     ids.get(v).ok_or_else(|| outside_snapshot(v, ids.len()))
 }
