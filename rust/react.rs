@@ -1456,15 +1456,15 @@ fn blank_to_line_end(text: &str) -> bool {
         .is_some_and(|line| line.trim().is_empty())
 }
 
-/// [`call_arguments`] of a call whose arguments open with a dict, a list or a string
-/// written as Python writes them, which matching the brackets misses: a `)` or `"` in a
-/// single-quoted string (`note({'text': '1) wash'})`) closed the call or opened a string.
-/// Its end is found by a scan that knows those strings.
+/// [`call_arguments`] of a call whose arguments are written as Python writes them, which
+/// matching the brackets misses: a `)` or `"` in a single-quoted string
+/// (`note({'text': '1) wash'})`, `search(query='1) wash')`) closed the call or opened a
+/// string. Its end is found by a scan that knows those strings.
 #[cold]
 #[inline(never)]
 fn literal_call_arguments(rest: &str) -> Option<&str> {
     let inner = rest.strip_prefix('(')?;
-    if !inner.trim_start().starts_with(['{', '[', '\'', '"']) {
+    if !opens_python_arguments(inner.trim_start()) {
         return None; // plain words may hold an apostrophe (`search(what's new)`)
     }
     let close = python_close(rest)?;
@@ -1472,6 +1472,28 @@ fn literal_call_arguments(rest: &str) -> Option<&str> {
         return None;
     }
     rest.get(1..close - 1)
+}
+
+/// Whether call arguments `args` open as Python's do rather than as plain words: with a
+/// dict, a list or a string, with a keyword (`query=`), or with a number, a boolean or
+/// None followed by another argument (`3, `).
+fn opens_python_arguments(args: &str) -> bool {
+    if args.starts_with(['{', '[', '\'', '"']) {
+        return true;
+    }
+    let word_end = args
+        .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '+')))
+        .unwrap_or(args.len());
+    let (word, after) = args.split_at(word_end);
+    let after = after.trim_start();
+    let keyword = word.starts_with(|c: char| c.is_alphabetic() || c == '_')
+        && word.chars().all(|c| c.is_alphanumeric() || c == '_')
+        && after.starts_with('=')
+        && !after.starts_with("==");
+    let first_value = (matches!(word, "True" | "False" | "None" | "true" | "false" | "null")
+        || word.parse::<f64>().is_ok_and(f64::is_finite))
+        && after.starts_with(',');
+    keyword || first_value
 }
 
 /// The end (exclusive) of the bracketed text opening at `text[0]` (`(`, `[` or `{`), its

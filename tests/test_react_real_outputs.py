@@ -790,10 +790,34 @@ def test_call_parentheses_around_a_python_literal(reply: str, value: Any) -> Non
         # A `)` in a single-quoted string of one of several arguments.
         ("Action: note({'t': ')'}, {'u': 1})", "{'t': ')'}, {'u': 1}"),
         ("Action: f('a)b', 2)", "'a)b', 2"),
+        # Arguments opening with a keyword, or a number, boolean or None then another.
+        ("Action: search(query='1) wash')", "query='1) wash'"),
+        ("Action: search(query = 'He said \"hi', n=3)", "query = 'He said \"hi', n=3"),
+        ("Action: f(3, 'a)b')", "3, 'a)b'"),
+        ("Action: f(-2.5e3 , 'a)b')", "-2.5e3 , 'a)b'"),
+        ("Action: f(None, 'x)')\nObservation: y", "None, 'x)'"),
+        ("Action: f(true, 'x)')", "true, 'x)'"),
+        # Plain words stay plain: nothing is read as a Python string in them.
+        ("Action: f(it's (new))", "it's (new)"),
+        ("Action: f(x == 'a)b')", "(x == 'a)b')"),
+        ("Action: f(3 apples, 'a)b')", "(3 apples, 'a)b')"),
+        ("Action: f(inf, 'a)b')", "(inf, 'a)b')"),
     ],
 )
 def test_call_parentheses_around_more_than_a_literal_give_their_text(reply: str, text: str) -> None:
     assert parse_react_step(reply).action_input_text == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True),
+    value=st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+)
+def test_a_keyword_argument_in_call_parentheses_is_given_whole(name: str, value: str) -> None:
+    # Python's repr: quotes of either kind, `)` and `(` inside, escapes for line breaks.
+    step = parse_react_step(f"Action: t({name}={value!r})")
+    assert step.action == "t"
+    assert step.action_input_text == f"{name}={value!r}"
 
 
 @settings(max_examples=300, deadline=None)
