@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import numbers
 import os
@@ -32,8 +33,21 @@ from llm_agent_runtime.persistence.base import encode_key
 __all__ = ["SqliteBackend"]
 
 T = TypeVar("T")
+logger = logging.getLogger("llm_agent_runtime")
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+
+def _create_table(name: str) -> str:
+    """The statement making table `name` of the store's keys and values."""
+    return f"CREATE TABLE IF NOT EXISTS {name} (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
+
+
+SCHEMA = _create_table("kv")
+"""A rowid table: its key index holds keys only. (A WITHOUT ROWID table keeps whole rows in
+its key tree, whose inner pages copy a multi-megabyte value that sorts beside small keys at
+each rebalance: deleting a big session's thousands of records took time growing with the
+square of its size, 13 s at 2,000 steps.)"""
+_EARLIER_SCHEMA = "CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+"""The table as earlier versions made it (as SQLite keeps its text): converted on open."""
 _UPSERT = (
     "INSERT INTO kv (key, value) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
@@ -113,6 +127,12 @@ def _roll_back(c: sqlite3.Connection) -> None:
     if c.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             c.execute("ROLLBACK")
+
+
+def _made_by_earlier_version(c: sqlite3.Connection) -> bool:
+    """Whether the `kv` table is the WITHOUT ROWID one of earlier versions."""
+    row = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'kv'").fetchone()
+    return row is not None and row[0] == _EARLIER_SCHEMA
 
 
 def _end_read(c: sqlite3.Connection) -> None:
@@ -206,12 +226,47 @@ class SqliteBackend(Unshared):
             self._switch_to_wal(conn)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(SCHEMA)
+            self._convert_earlier_table(conn)
             # Fixed when the file was made: another program may have made it in UTF-16.
             (encoding,) = conn.execute("PRAGMA encoding").fetchone()
         except BaseException:
             conn.close()  # e.g. the file is not a database: no connection left open
             raise
         return conn, encoding
+
+    def _convert_earlier_table(self, conn: sqlite3.Connection) -> None:
+        """Moves an earlier version's table (see `SCHEMA`) into a rowid one, once.
+
+        One transaction, at the first open of such a file.
+
+        The file stays as it was, and in use (every call works on either table), when the
+        conversion fails (a read-only file, a full disk: logged) or another process holds
+        the write lock past `busy_timeout`; a later open converts it.
+        """
+        if not _made_by_earlier_version(conn):
+            return
+        deadline = time.monotonic() + self._busy_timeout
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:  # waited `_BUSY_SLICE` already
+                    if not _busy(exc) or time.monotonic() >= deadline:
+                        raise
+            if _made_by_earlier_version(conn):  # not converted by another process meanwhile
+                conn.execute("DROP TABLE IF EXISTS kv_converting")
+                conn.execute(_create_table("kv_converting"))
+                conn.execute("INSERT INTO kv_converting (key, value) SELECT key, value FROM kv")
+                conn.execute("DROP TABLE kv")
+                conn.execute("ALTER TABLE kv_converting RENAME TO kv")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _roll_back(conn)
+            logger.warning("SQLite database %s is used unconverted: %s", self.path, exc)
+        except BaseException:
+            _roll_back(conn)
+            raise
 
     def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
         """Puts the database in WAL mode, waiting up to `busy_timeout` for other processes.
