@@ -445,6 +445,44 @@ async def test_a_streamed_request_answered_without_a_stream_reports_the_servers_
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/plain; charset=utf-8", "application/json", "application/octet-stream"]
+)
+async def test_a_stream_labelled_with_another_type_is_read_as_a_stream(
+    kind: str, content_type: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # A proxy that labels the events `text/plain`, a server that says `application/json`:
+    # the answer was thrown away, quoted as the error of a non-retryable ProviderError.
+    reply = streamed(kind)
+    assert reply.frames is not None
+    # Its opening cut across chunks: a byte order mark, a blank line and a comment first.
+    first = reply.frames[0]  # `data: ...` or `event: ...`, its name cut in two as well
+    opening = [b"\xef", b"\xbb\xbf\r", b"\n", b": keep", b"-alive\n\n", first[:2], first[2:4]]
+    frames = [*opening, first[4:], *reply.frames[1:]]
+    server.script(Reply(frames=frames, headers={"content-type": content_type}))
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert error is None
+    assert isinstance(events[-1], StreamEnd) and events[-1].response.text == HELLO.text
+    assert "".join(texts(events)) == HELLO.text
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("body", [b"", b"\n" * 300, b"hello: world\n\n", b"Bad gateway"])
+async def test_a_body_of_another_type_opening_with_no_event_is_no_stream(
+    kind: str, body: bytes, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    frames = [body[i : i + 7] for i in range(0, len(body), 7)] or [b""]
+    server.script(Reply(frames=frames, headers={"content-type": "text/plain"}), Turn("unused"))
+    async with make_provider(kind, server, retry=retry) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert events == []
+    assert error is not None and error.retryable is False
+    assert "'text/plain', not an event stream" in str(error)
+    assert body.strip().decode() in str(error)
+    assert len(server.requests) == 1
+
+
 async def test_a_stream_of_its_terminator_alone_is_retried_as_no_reply(
     kind: str, server: FakeLlmServer, retry: RetryPolicy
 ) -> None:

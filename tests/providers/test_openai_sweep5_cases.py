@@ -133,6 +133,21 @@ async def test_nested_objects_streamed_in_pieces_are_kept(server: FakeLlmServer)
     assert _joined(deltas, 0) == arguments
 
 
+async def test_a_nested_object_repeating_the_arguments_so_far_is_kept(
+    server: FakeLlmServer,
+) -> None:
+    # `{"a": ` then `{"a": 1}}`: read as the arguments so far, its end `1}}` closed more
+    # than was open, and the call failed as not JSON where the pieces join to valid JSON.
+    stream = _stream(
+        _call(0, "call_1", "f", '{"a": '),
+        _call(0, arguments='{"a": 1}}'),
+    )
+    whole = Turn(tool_calls=[("call_1", "f", {"a": {"a": 1}})])
+    streamed, deltas = await _both(server, stream, whole)
+    assert streamed.tool_calls == [ToolCall("call_1", "f", {"a": {"a": 1}})]
+    assert _joined(deltas, 0) == {"a": {"a": 1}}
+
+
 # ------------------------------------------------------------ ids that change per chunk
 async def test_a_call_whose_id_changes_between_chunks_stays_one_call(
     server: FakeLlmServer,

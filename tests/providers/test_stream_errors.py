@@ -64,7 +64,18 @@ FORMS = {
     "error-event-flat-json": Form(
         sse({"message": MESSAGE, "code": 429}, "error"), "error: model worker", 429, True
     ),
-    "error-event-text": Form(sse(MESSAGE, "error"), "error: model worker", None, False),
+    # An error event naming no type and no code: the server's own failure, as a 500 is (and
+    # as the Anthropic API's `api_error`), retried before any output (it was not).
+    "error-event-text": Form(sse(MESSAGE, "error"), "error: model worker", None, True),
+    "error-event-message-only": Form(
+        sse({"error": {"message": MESSAGE}}, "error"), "error: model worker", None, True
+    ),
+    "error-event-typed": Form(
+        sse({"error": {"message": MESSAGE, "type": "invalid_request_error"}}, "error"),
+        "invalid_request_error: model",
+        None,
+        False,
+    ),
 }
 
 

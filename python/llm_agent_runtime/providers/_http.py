@@ -2351,12 +2351,18 @@ class HttpTransport:
                 await self._in_total_time(self.check_status(response))
                 kind = response.headers.get("content-type")
                 if kind is not None and not _is_event_stream(kind):
-                    body_start, truncated = await self._in_total_time(
-                        _read_start(response, MAX_ERROR_BODY)
-                    )
-                    raise self.not_a_stream_error(
-                        response, body_start, truncated=truncated, check=check
-                    )
+                    # Events all the same (a proxy that labels them `text/plain`, a server
+                    # that says `application/json`) are read as such, as the APIs' own SDKs
+                    # read them; anything else is an error in place of the stream.
+                    opening = await self._in_total_time(_opening(chunks))
+                    if not _opens_events(opening):
+                        body_start, truncated = await self._in_total_time(
+                            _read_chunks(chunks, MAX_ERROR_BODY, opening)
+                        )
+                        raise self.not_a_stream_error(
+                            response, body_start, truncated=truncated, check=check
+                        )
+                    chunks = _chained(opening, chunks)
                 # Checked as raw bytes arrive too: httpx hands on no chunk that decodes to
                 # nothing, and those bytes keep its read timeout from firing.
                 response.stream = _CheckedStream(response.stream, check_quiet)
@@ -2666,16 +2672,26 @@ async def _read_start(
     than reading a body of any size. `cut_ok`: a transport error while reading ends the body
     where it was cut (more was left), rather than being raised.
     """
-    chunks: list[bytes] = []
-    size = 0
+    return await _read_chunks(response.aiter_bytes(), limit, cut_ok=cut_ok)
+
+
+async def _read_chunks(
+    stream: AsyncIterator[bytes], limit: int, read: bytes = b"", *, cut_ok: bool = False
+) -> tuple[bytes, bool]:
+    """`_read_start` of a body's chunks `stream`, whose first bytes `read` were read already.
+
+    Closes `stream`.
+    """
+    chunks = [read]
+    size = len(read)
     cut = False
-    stream = response.aiter_bytes()
     try:
-        async for chunk in stream:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                break
+        if size <= limit:
+            async for chunk in stream:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
     except httpx.TransportError:
         if not cut_ok:
             raise
@@ -2683,6 +2699,52 @@ async def _read_start(
     finally:
         await _aclose(stream)
     return b"".join(chunks)[:limit], cut or size > limit
+
+
+_EVENT_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+"""How a line of server-sent events opens (a field's name, or `:` for a comment)."""
+
+
+def _from_first_line(body_start: bytes) -> bytes:
+    """`body_start` from its first character that is no byte order mark or blank."""
+    return body_start.removeprefix(b"\xef\xbb\xbf").lstrip()
+
+
+async def _opening(chunks: AsyncIterator[bytes]) -> bytes:
+    """The body's first chunks: enough to tell whether it opens with an event stream's line.
+
+    Read until its first line (past blanks) has the longest field's name, or has ended, or
+    the body has, or `_SNIFFED` bytes have come (all blank: no stream of events).
+    """
+    read = bytearray()
+    async for chunk in chunks:
+        read += chunk
+        first = _from_first_line(bytes(read[:_SNIFFED]))
+        if len(first) >= len(b"retry:") or b"\n" in first or b"\r" in first:
+            break
+        if len(read) >= _SNIFFED:
+            break
+    return bytes(read)
+
+
+_SNIFFED = 256
+"""Bytes of a body's start that may tell whether it holds server-sent events."""
+
+
+def _opens_events(body_start: bytes) -> bool:
+    """Whether a body opening with `body_start` reads as server-sent events."""
+    return _from_first_line(body_start).startswith(_EVENT_FIELDS)
+
+
+async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """`first`, then the chunks of `rest` (closed when this is)."""
+    try:
+        if first:
+            yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await _aclose(rest)
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:

@@ -981,9 +981,11 @@ def _new_part(call: PartialToolCall, depth: _JsonDepth, fragment: str) -> str:
     pieces with a chunk holding it whole, and DeepSeek or Qianfan in cumulative mode send
     the arguments so far in every chunk. Joined, they are broken JSON (`{"a": 1}{"a": 1}`)
     where the reply sent whole has the call right. A fragment that starts with the whole
-    text so far is read as the arguments so far: only its new end is added. (Only a nested
-    object that repeats its parent's text so far, `{"a": ` then `{"a": 1}`, reads otherwise;
-    its braces then never balance, so it fails, never passing for other arguments.) One
+    text so far is read as the arguments so far: only its new end is added, unless that
+    end closes more than is open where the fragment whole continues them (`{"a": ` then
+    `{"a": 1}}`: a nested object that repeats its parent's text so far). (Such an object
+    whose end is still to come, `{"a": ` then `{"a": 1`, reads as the arguments so far: its
+    braces then never balance, so the call fails, never passing for other arguments.) One
     that is the same object as the whole arguments, written otherwise (re-serialized), adds
     nothing. Other fragments, `{` of a nested object included, are added as they are
     (checked only when one starts with `{`: nothing is done per plain piece).
@@ -996,7 +998,10 @@ def _new_part(call: PartialToolCall, depth: _JsonDepth, fragment: str) -> str:
         return fragment
     so_far = call.arguments.text
     if fragment.startswith(so_far):
-        return fragment[len(so_far) :]
+        new_end = fragment[len(so_far) :]
+        if not depth.whole and depth.fed(new_end).broken and not depth.fed(fragment).broken:
+            return fragment  # a nested object: the arguments so far, repeated, break
+        return new_end
     if depth.whole:
         with contextlib.suppress(ValueError, RecursionError):
             if json.loads(fragment) == json.loads(so_far):
@@ -1030,6 +1035,14 @@ class _JsonDepth:
         Its object begun and not closed, or, for a piece that names no tool, not begun yet.
         """
         return not self.whole and not self.broken and (self.started or not named)
+
+    def fed(self, text: str) -> _JsonDepth:
+        """A copy of this, fed `text` (this one unchanged)."""
+        copy = _JsonDepth()
+        for name in self.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.feed(text)
+        return copy
 
     def feed(self, text: str) -> None:
         if not self.started and text and not text.isspace():
@@ -1235,13 +1248,18 @@ def _reported_error(data: bytes, transport: HttpTransport) -> ProviderError:
 
     The event is read by `error_in_body`; what does not read as an error object (plain text,
     fields of unexpected types) is still the server's message, never a malformed-event error.
-    A chunk carrying an `error` member is judged by `error_of_reply` instead (`{}` is none).
+    One that names no type and no code (a gateway's "upstream timed out") is the server's
+    own failure, as a status 500 is: retryable (as the Anthropic API's `api_error`). A chunk
+    carrying an `error` member is judged by `error_of_reply` instead (`{}` is none).
     """
     error = error_in_body(data, _Error, known=True)
     if error is None:
         # An event's data is never cut short.
         error = _Error(message=error_message(data, transport.redact, truncated=False))
-    return _api_error(error, transport.redact, "OpenAI stream error")
+    failure = _api_error(error, transport.redact, "OpenAI stream error")
+    if not error.type and error.code is None:
+        return ProviderError(failure.args[0], retryable=True)
+    return failure
 
 
 _FAILED_GENERATION = frozenset(("error", "insufficient_system_resource"))
