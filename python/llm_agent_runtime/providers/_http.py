@@ -2261,8 +2261,8 @@ class HttpTransport:
             ProviderError: A status outside 2xx (retryable for 408, 409, 429 and 5xx, or
                 as the server's `x-should-retry` says: `should_retry`), or
                 a success without a body (see `check_status`); a successful reply that is
-                not an event stream (its `content-type` is another; a reply without one is
-                read as a stream), or whose body holds no event and is JSON (a whole reply
+                not an event stream (its `content-type` is another and its body does not
+                open with an event's line; a reply without one is read as a stream), or whose body holds no event and is JSON (a whole reply
                 labelled a stream; not retryable); timeout, or a body read whole (an error
                 status's, or that of a reply that is no stream) that takes longer than
                 `total_timeout` (as a non-streamed reply does; retryable); no reply's headers
