@@ -101,6 +101,17 @@ def test_a_database_path_naming_a_directory_is_refused_in_one_line(
     assert [p.name for p in tmp_path.rglob("*")] == ([] if trailing else ["runs"])
 
 
+def test_a_database_name_too_long_to_look_at_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Looking whether it named a directory raised OSError (name too long), as a traceback."""
+    given = str(tmp_path / ("d" * 300 + ".db"))
+
+    run = run_demo(given)
+
+    assert run.returncode == 1
+    assert run.stderr.startswith(f"error: cannot open SQLite database {given!r}")
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize("url", ["//api.openai.com/v1", "htps://api.openai.com/v1"])
 def test_an_openai_base_url_without_its_scheme_is_refused_even_for_openais_host(
     monkeypatch: pytest.MonkeyPatch, url: str

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,12 @@ def test_the_temporary_fallback_directory_of_another_user_is_refused(tmp_path: P
     shown = run([sys.executable, "-c", code], {"HOME": "", "TMPDIR": str(tmp_path)})
     assert shown.returncode != 0
     assert "is not a private directory of this user" in shown.stderr
+
+
+async def test_main_inside_a_running_event_loop_says_to_await_run() -> None:
+    # A notebook's cell: asyncio.run refused, with "coroutine was never awaited" warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail the test
+        with pytest.raises(RuntimeError, match=r"await llm_agent_runtime\.demo\.run\(\)"):
+            demo.main()
+        gc.collect()  # a coroutine made and dropped warns as it is collected

@@ -620,8 +620,8 @@ def _row(index: object, embedding: object) -> dict[str, object]:
         (_reply(_row(0, [1.0, 2.0]), _row(0, [3.0, 4.0])), "index 0 appears twice"),
         (_reply(_row(5, [1.0, 2.0]), _row(6, [3.0, 4.0])), r"index 5 is not an int in \[0, 2\)"),
         (_reply(_row(-1, [1.0, 2.0]), _row(0, [3.0, 4.0])), "index -1 is not an int"),
-        (_reply(_row("0", [1.0, 2.0]), _row(1, [3.0, 4.0])), "index '0' is not an int"),
-        (_reply(_row(True, [1.0, 2.0]), _row(0, [3.0, 4.0])), "index True is not an int"),
+        (_reply(_row("0", [1.0, 2.0]), _row(1, [3.0, 4.0])), "index of type str is not an int"),
+        (_reply(_row(True, [1.0, 2.0]), _row(0, [3.0, 4.0])), "index of type bool is not an int"),
         (_reply(_row(0, []), _row(1, [])), "embedding of input 0 is empty"),
         (
             _reply(_row(0, {"x": 1}), _row(1, [1.0])),
@@ -648,6 +648,16 @@ def test_openai_embedder_refuses_malformed_rows(
     with pytest.raises(ar.ProviderError, match=message) as error:
         ar.OpenAIEmbedder(base_url=url).embed(["a", "b"])
     assert error.value.retryable is False
+
+
+def test_an_index_echoing_the_api_key_is_not_quoted(server: tuple[_Server, str]) -> None:
+    # A proxy that echoes the request's headers: the key was quoted in the error (39 chars).
+    state, url = server
+    key = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+    state.replies.append(_reply(_row(f"Bearer {key}", [1.0]), _row(1, [2.0])))
+    with pytest.raises(ar.ProviderError, match="index of type str is not an int") as error:
+        ar.OpenAIEmbedder(api_key=key, base_url=url).embed(["a", "b"])
+    assert "AbCdEf" not in str(error.value)
 
 
 @pytest.mark.parametrize("field", ["batch_size", "dimensions", "max_request_tokens"])

@@ -724,8 +724,10 @@ def _rows(payload: Any, count: int, dimensions: int | None) -> list[list[float]]
             )
         index, row = item["index"], item["embedding"]
         if type(index) is not int or not 0 <= index < count:
+            # Only a number is quoted: text may be anything a proxy echoed, the API key too.
+            shown = repr(index) if type(index) is int else f"of type {type(index).__name__}"
             raise ProviderError(
-                f"malformed embeddings response: index {index!r:.40} is not an int in [0, {count})"
+                f"malformed embeddings response: index {shown:.40} is not an int in [0, {count})"
             )
         if rows[index] is not None:
             raise ProviderError(f"malformed embeddings response: index {index} appears twice")

@@ -419,6 +419,22 @@ def test_openai_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (llm.base_url, llm.model) == ("http://localhost:8000/v1", "qwen")
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_model_name_is_sent_without_surrounding_blanks(
+    kind: str, server: FakeLlmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An env file's `OPENAI_MODEL=qwen3 ` was sent as "qwen3 ": no such model (404).
+    monkeypatch.setenv(f"{kind.upper()}_MODEL", "qwen3 \t")
+    server.script(Turn("a"), Turn("b"))
+    async with make_provider(kind, server) as llm:
+        assert llm.model == "qwen3"
+        await llm.chat([Message("user", "x")])
+    async with make_provider(kind, server, model=" given\n") as llm:
+        assert llm.model == "given"
+        await llm.chat([Message("user", "x")])
+    assert [request.json["model"] for request in server.requests] == ["qwen3", "given"]
+
+
 # ---------------------------------------------------------------------- Anthropic
 async def test_anthropic_request_shape(server: FakeLlmServer) -> None:
     server.script(Turn("5 and 9"))

@@ -278,7 +278,13 @@ def _database_file(given: str, setting: str, path: Path | None = None) -> Path:
     # Path() drops a trailing slash (and a trailing `/.`): the demo would create a file where
     # the user meant a directory, and SQLite says no more of an existing one than "unable to
     # open".
-    if given.endswith(("/", os.sep)) or os.path.basename(given) in (".", "..") or path.is_dir():
+    # `os.path.isdir`: False on any OSError (`Path.is_dir` raised a directory's permission
+    # error, or a name too long, as a traceback): SQLite then says what is wrong with it.
+    if (
+        given.endswith(("/", os.sep))
+        or os.path.basename(given) in (".", "..")
+        or os.path.isdir(path)
+    ):
         raise ar.PersistenceError(
             f"{setting}={given!r} is a directory: give the path of the SQLite file "
             f"(e.g. {str(path / 'demo.db')!r})"
@@ -619,7 +625,19 @@ def main() -> int:
     quietly with status 1; when stdout is closed, or cannot take the output (a full disk),
     it says so on stderr, with status 1 too; interrupted (Ctrl-C), it says so and returns
     130.
+
+    Raises:
+        RuntimeError: Called inside a running event loop (a notebook's): `await run()` there.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # none: the demo runs its own
+    else:  # asyncio.run would refuse, after `run()` was made: "never awaited" warnings too
+        raise RuntimeError(
+            "the demo's main() runs an event loop of its own, and one is running here: "
+            "use `await llm_agent_runtime.demo.run()`"
+        )
 
     def demo() -> int:
         try:

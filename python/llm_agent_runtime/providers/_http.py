@@ -743,6 +743,19 @@ def given_or_env(value: str | None, name: str) -> str | None:
     return value if value and not value.isspace() else env_setting(name)
 
 
+def model_setting(value: object, name: str, default: str) -> str:
+    """A provider's default model: `value`, else environment variable `name`'s, else `default`.
+
+    Stripped, as no model's name ends in a blank: an env file's `OPENAI_MODEL=gpt-4o-mini `
+    was sent as it was, and the server knew no such model.
+
+    Raises:
+        TypeError: `value` is not text (see `text_setting`).
+    """
+    given = (text_setting("model", value) or "").strip()
+    return given or (env_setting(name) or "").strip() or default
+
+
 def check_base_url(name: str, url: str) -> str:
     """The API root as requests use it: no surrounding whitespace, no trailing slash.
 
@@ -2262,8 +2275,9 @@ class HttpTransport:
                 as the server's `x-should-retry` says: `should_retry`), or
                 a success without a body (see `check_status`); a successful reply that is
                 not an event stream (its `content-type` is another and its body does not
-                open with an event's line; a reply without one is read as a stream), or whose body holds no event and is JSON (a whole reply
-                labelled a stream; not retryable); timeout, or a body read whole (an error
+                open with an event's line; a reply without one is read as a stream), or
+                whose body holds no event and is JSON (a whole reply labelled a stream; not
+                retryable); timeout, or a body read whole (an error
                 status's, or that of a reply that is no stream) that takes longer than
                 `total_timeout` (as a non-streamed reply does; retryable); no reply's headers
                 within `timeout` of

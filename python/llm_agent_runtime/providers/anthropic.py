@@ -35,6 +35,7 @@ from llm_agent_runtime.providers._http import (
     error_message,
     error_of_reply,
     given_or_env,
+    model_setting,
     parse_json,
     parse_usage,
     read_arguments,
@@ -378,8 +379,7 @@ class AnthropicProvider(HttpProvider):
                 "no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY "
                 "(or point base_url at a proxy that adds it)"
             )
-        model = text_setting("model", model)
-        self.model = model or env_setting("ANTHROPIC_MODEL") or DEFAULT_ANTHROPIC_MODEL
+        self.model = model_setting(model, "ANTHROPIC_MODEL", DEFAULT_ANTHROPIC_MODEL)
         """Model used when a call names none."""
         self._max_tokens = max_tokens  # None: none set (see `max_tokens`)
         self.stop = check_stop(stop)

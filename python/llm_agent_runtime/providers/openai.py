@@ -38,6 +38,7 @@ from llm_agent_runtime.providers._http import (
     error_of_reply,
     given_or_env,
     json_text,
+    model_setting,
     parse_json,
     parse_usage,
     read_arguments,
@@ -417,9 +418,7 @@ class OpenAIProvider(HttpProvider):
         cached_input_cost_per_million: float | None = None,
     ) -> None:
         api_key, base_url = openai_endpoint("OpenAI", api_key, base_url)
-        self.model = (
-            text_setting("model", model) or env_setting("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL
-        )
+        self.model = model_setting(model, "OPENAI_MODEL", DEFAULT_OPENAI_MODEL)
         """Model used when a call names none."""
         self.stop = check_stop(stop)
         """Stop sequences sent with every call (the first `MAX_STOP_SEQUENCES` of them)."""
