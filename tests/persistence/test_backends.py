@@ -2521,3 +2521,36 @@ def test_the_in_memory_backend_lists_and_loads_while_other_threads_write() -> No
         sys.setswitchinterval(switching)
         stop.set()
         writer.join()
+
+
+def test_the_in_memory_backend_loads_a_batch_as_one_snapshot_while_another_thread_saves() -> None:
+    # batch_load read key by key: another thread's batch_save (one update) landed halfway,
+    # and a checkpoint was read with records of two different saves.
+    backend = ar.InMemoryBackend()
+    keys = [f"session:s:step:{i}" for i in range(2_000)]
+    asyncio.run(backend.batch_save({key: b"0" for key in keys}))
+    stop = threading.Event()
+
+    def write() -> None:
+        async def churn() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                await backend.batch_save({key: str(n).encode() for key in keys})
+
+        asyncio.run(churn())
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns within a read of the batch
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+
+        async def read() -> list[int]:
+            return [len(set((await backend.batch_load(keys)).values())) for _ in range(200)]
+
+        assert set(asyncio.run(read())) == {1}
+    finally:
+        sys.setswitchinterval(switching)
+        stop.set()
+        writer.join()

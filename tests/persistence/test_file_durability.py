@@ -4,6 +4,7 @@ deletions are durable (their directory fsynced)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import sys
@@ -200,3 +201,45 @@ async def test_a_listing_reads_the_key_of_each_record_file_once(
     assert await store.list_keys(tenant) == expected
     assert read == [file_module.file_name_for(f"{tenant}0100:meta")]  # the new file alone
     assert await FileBackend(tmp_path).list_keys(tenant) == expected  # read afresh there
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="one process per directory there: no locks")
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_lock_held_past_lock_timeout_fails_the_call_naming_it(
+    tmp_path: Path, shared: bool
+) -> None:
+    # A process stopped (SIGSTOP, a debugger) while it installs a batch (exclusive) or reads
+    # (shared): every call of every other process on the directory waited for good.
+    import fcntl
+    import time
+
+    backend = FileBackend(tmp_path, lock_timeout=0.3)
+    await backend.batch_save({"a": b"1", "b": b"1"})
+    holder = os.open(tmp_path / ".batches.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(PersistenceError, match=r"\.batches\.lock.*0\.3 s \(lock_timeout\)"):
+            await backend.batch_save({"a": b"2", "b": b"2"})  # waits for the reads under way
+        assert 0.3 <= time.monotonic() - started < 3
+        if not shared:  # a read waits only for a batch being installed
+            with pytest.raises(PersistenceError, match="lock_timeout"):
+                await backend.load("a")
+            with pytest.raises(PersistenceError, match="lock_timeout"):
+                await backend.save("a", b"3")
+    finally:
+        os.close(holder)
+    # The batch that failed wrote nothing, and the directory serves again at once.
+    assert await backend.batch_load(["a", "b"]) == {"a": b"1", "b": b"1"}
+    assert [p.name for p in (tmp_path / ".batches").iterdir()] == []
+    await backend.batch_save({"a": b"4", "b": b"4"})
+    assert await FileBackend(tmp_path).batch_load(["a", "b"]) == {"a": b"4", "b": b"4"}
+
+
+@pytest.mark.parametrize("lock_timeout", [-1, math.inf, math.nan, True, "30"])
+def test_lock_timeout_must_be_a_finite_number_of_seconds(
+    tmp_path: Path, lock_timeout: object
+) -> None:
+    with pytest.raises(PersistenceError, match="lock_timeout must be a finite number"):
+        FileBackend(tmp_path, lock_timeout=lock_timeout)  # type: ignore[arg-type]

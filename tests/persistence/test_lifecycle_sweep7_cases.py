@@ -264,3 +264,31 @@ def test_a_child_forked_while_a_file_backend_call_held_a_lock_lets_go_of_it(
         "a": b"2",
         "b": b"3",
     }
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork()")
+@pytest.mark.timeout(60)
+def test_a_sqlite_backend_given_a_relative_path_stays_on_its_file_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A forked child opens a connection of its own: the relative path was resolved then,
+    # against the directory of that moment, and the child wrote to a new, empty database.
+    (tmp_path / "app").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "app")
+    store = ar.SqliteBackend("store.db")
+    assert store.path == str(tmp_path / "app" / "store.db")
+    asyncio.run(store.save("parent", b"1"))
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a worker's setup, a daemon's
+
+    def work() -> None:
+        assert asyncio.run(store.load("parent")) == b"1"
+        asyncio.run(store.save("child", b"2"))
+
+    try:
+        with _forked(work) as start_child:
+            start_child()
+        assert asyncio.run(store.load("child")) == b"2"
+    finally:
+        store.close()
+    assert not (tmp_path / "elsewhere" / "store.db").exists()

@@ -64,23 +64,27 @@ def retrieve_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def wait_until(ready: Callable[[], bool]) -> None:
+def wait_until(ready: Callable[[], bool], timeout: float | None = None) -> bool:
     """Calls `ready` until it returns True, pausing between tries (1 ms, growing to 5 ms).
 
     For a lock whose blocking wait cannot be given up (`flock`): `ready` tries it without
     waiting. In a call `run_in_thread` runs, it gives up as soon as that call is cancelled,
-    before any further try.
+    before any further try. Returns True once `ready` did, False when `timeout` seconds
+    (None: no limit) passed first.
 
     Raises:
         Abandoned: The call was cancelled.
     """
     abandoned = _ABANDONED.get()
+    deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.001
     while True:
         if abandoned is not None and abandoned.is_set():
             raise Abandoned
         if ready():
-            return
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
         if abandoned is None:
             time.sleep(pause)
         elif abandoned.wait(pause):  # woken by the cancellation, not after the pause

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
+import numbers
 import os
 import re
 import struct
@@ -135,20 +137,22 @@ def _lock(fd: int, wait: bool = True, shared: bool = False) -> bool:
     return True
 
 
-def _wait_for_lock(fd: int, shared: bool = False) -> None:
+def _wait_for_lock(fd: int, timeout: float, shared: bool = False) -> None:
     """Takes an advisory lock on open file `fd` (see `_lock`), waiting as `wait_until` does.
 
     A blocking `flock` cannot be given up: one a slow reader or a stopped process holds
     would keep a cancelled call's thread, and so a cancelled write's caller, waiting.
 
     Raises:
+        TimeoutError: Another process held it for `timeout` seconds (one stopped, say).
         Abandoned: The call was cancelled meanwhile (see `run_in_thread`).
     """
-    wait_until(lambda: _lock(fd, wait=False, shared=shared))
+    if not wait_until(lambda: _lock(fd, wait=False, shared=shared), timeout):
+        raise TimeoutError(f"another process has held its lock for {timeout:g} s (lock_timeout)")
 
 
 @contextlib.contextmanager
-def _lock_file(path: Path, shared: bool) -> Iterator[None]:
+def _lock_file(path: Path, shared: bool, timeout: float) -> Iterator[None]:
     """Holds the lock file at `path` (made if missing), shared or exclusive.
 
     It waits for it as `_wait_for_lock` does. A reader that may not write it (another
@@ -181,8 +185,8 @@ def _lock_file(path: Path, shared: bool) -> Iterator[None]:
         return
     try:
         try:
-            _wait_for_lock(fd, shared)
-        except OSError as exc:
+            _wait_for_lock(fd, timeout, shared)
+        except OSError as exc:  # TimeoutError too
             raise PersistenceError(f"cannot lock {path}: {exc}") from exc
         yield
     finally:
@@ -306,15 +310,27 @@ class FileBackend:
     Args:
         directory: where the files live (created if missing): a non-empty `str` or
             `os.PathLike` of one.
+        lock_timeout: seconds a call waits for a lock another process holds (a batch
+            being installed, or for a batch, the reads under way), a finite number >= 0:
+            past it the call fails with a `PersistenceError` naming the lock, rather than
+            wait for good on a process that was stopped (SIGSTOP, a debugger) holding it.
+            A batch that fails so writes nothing.
 
     Raises:
-        PersistenceError: When `directory` is no such path, the directory cannot be
-            created, or a batch a crash left cannot be finished.
+        PersistenceError: When `directory` is no such path, `lock_timeout` no such time,
+            the directory cannot be created, or a batch a crash left cannot be finished.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], lock_timeout: float = 30.0) -> None:
         # Absolute: a later `os.chdir` must not move the store.
         self.directory = Path(check_path(directory, "a FileBackend directory")).absolute()
+        real = isinstance(lock_timeout, numbers.Real) and not isinstance(lock_timeout, bool)
+        if not (real and 0 <= lock_timeout < math.inf):
+            raise PersistenceError(
+                f"lock_timeout must be a finite number of seconds >= 0, got {lock_timeout!r}"
+            )
+        self.lock_timeout = float(lock_timeout)
+        """Seconds a call waits for a lock another process holds before it fails."""
         self._batches = self.directory / _BATCHES
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -599,8 +615,9 @@ class FileBackend:
             Abandoned: The call was cancelled meanwhile.
         """
         with contextlib.ExitStack() as held:
-            with _lock_file(self.directory / _TURNSTILE, shared):
-                held.enter_context(_lock_file(self.directory / _INSTALL_LOCK, shared))
+            timeout = self.lock_timeout
+            with _lock_file(self.directory / _TURNSTILE, shared, timeout):
+                held.enter_context(_lock_file(self.directory / _INSTALL_LOCK, shared, timeout))
             yield
 
     async def _read_in_thread(self, read: Callable[[], T]) -> T:
@@ -669,7 +686,8 @@ class FileBackend:
         except OSError as exc:
             raise PersistenceError(f"cannot finish the batch {batch}: {exc}") from exc
         try:
-            _wait_for_lock(fd)  # a live writer holds it until its batch is installed
+            # A live writer holds it until its batch is installed.
+            _wait_for_lock(fd, self.lock_timeout)
             try:
                 if os.stat(batch).st_ino != os.fstat(fd).st_ino:
                     return  # pragma: no cover (names are never reused)

@@ -118,7 +118,8 @@ class InMemoryBackend(Unshared):
         for key in wanted:
             encode_key(key)
         data = self.data
-        found = {k: data.get(k) for k in wanted}  # one read a key: another thread may delete
+        with self._writing:  # one snapshot: no other thread's batch lands halfway through
+            found = {k: data.get(k) for k in wanted}
         return {k: v for k, v in found.items() if v is not None}
 
     async def list_keys(self, prefix: str = "") -> list[str]:

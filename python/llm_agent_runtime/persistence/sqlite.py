@@ -171,7 +171,8 @@ class SqliteBackend(Unshared):
 
     Args:
         path: database file (created, with its directory, if missing), or ":memory:": a
-            non-empty `str` or `os.PathLike` of one.
+            non-empty `str` or `os.PathLike` of one. The attribute holds it made absolute,
+            so a later `os.chdir` never moves the store.
         synchronous: SQLite's `synchronous` setting: `OFF`, `NORMAL`, `FULL` or `EXTRA` (in
             any case), or SQLite's number for one, 0 to 3. `FULL` (the default) fsyncs every
             commit, so a saved checkpoint survives a power cut; `NORMAL` is faster and
@@ -193,6 +194,9 @@ class SqliteBackend(Unshared):
         busy_timeout: float = 30.0,
     ) -> None:
         self.path = check_path(path, "a SQLite database")
+        if self.path != ":memory:":
+            # Absolute: a forked child opens its own connection, after any `os.chdir`.
+            self.path = os.path.abspath(self.path)
         self.synchronous = _synchronous_level(synchronous)
         real = isinstance(busy_timeout, numbers.Real) and not isinstance(busy_timeout, bool)
         if not (real and 0 <= busy_timeout < math.inf):
