@@ -267,15 +267,17 @@ class FileBackend:
 
     A batch (the deletions of `batch_delete_if` too) is all or none, even across a crash,
     through a redo log: the whole batch is written to one file in `.batches/`, fsynced, and
-    renamed to its final name there (the commit, fsynced too); then each key's file is
-    written as a single value is (or removed), the directory fsynced, and the batch's file
-    removed (that fsynced too). A batch a crash left committed is finished before anything
-    else is read or written (when the backend is opened, and by every call, and by a batch
-    right before its own commit, under the redo log's lock, so a dead writer's batch never
-    lands over a later one); one left uncommitted is dropped, as are the temporary files of
-    writes a crash cut short. A single write (`save`, `save_new`, `delete`) is made holding
-    that lock shared, once no batch is left committed: no batch is committed while it is
-    under way, so none committed before it is installed over it later.
+    renamed to its final name there (the commit, fsynced too); then each key's file is written
+    as a single value is (or removed), the directory fsynced, and the batch's file removed (that
+    fsynced too). A batch a crash left committed is finished before anything else is read or
+    written (when the backend is opened, and by every call, and by a batch right before its own
+    commit, under the redo log's lock, so a dead writer's batch never lands over a later one);
+    one left uncommitted is dropped, as are the temporary files of writes a crash cut short. So
+    a batch committed but not installed for want of space (its record fit on the disk, its files
+    did not: installing takes about twice its size) fails every call on the directory, reads
+    included, until space is freed outside the store. A single write (`save`, `save_new`,
+    `delete`) is made holding that lock shared, once no batch is left committed: no batch is
+    committed while it is under way, so none committed before it is installed over it later.
 
     Several processes may share the directory: POSIX advisory locks (`flock`) tell a live
     writer's files from those a crash left, and no read (`load`, `batch_load`, `list_keys`)
