@@ -1463,11 +1463,13 @@ fn blank_to_line_end(text: &str) -> bool {
 #[cold]
 #[inline(never)]
 fn literal_call_arguments(rest: &str) -> Option<&str> {
-    let inner = rest.strip_prefix('(')?;
-    if !opens_python_arguments(inner.trim_start()) {
+    let opening = rest.strip_prefix('(')?.trim_start();
+    let literal = opening.starts_with(['{', '[', '\'', '"']);
+    if !literal && !opens_python_arguments(opening) {
         return None; // plain words may hold an apostrophe (`search(what's new)`)
     }
-    let close = python_close(rest)?;
+    // After a keyword or a number, prose may follow: an apostrophe in it opens no string.
+    let close = python_close(rest, !literal)?;
     if !blank_to_line_end(rest.get(close..)?) {
         return None;
     }
@@ -1475,12 +1477,9 @@ fn literal_call_arguments(rest: &str) -> Option<&str> {
 }
 
 /// Whether call arguments `args` open as Python's do rather than as plain words: with a
-/// dict, a list or a string, with a keyword (`query=`), or with a number, a boolean or
-/// None followed by another argument (`3, `).
+/// keyword (`query=`), or with a number, a boolean or None followed by another argument
+/// (`3, `).
 fn opens_python_arguments(args: &str) -> bool {
-    if args.starts_with(['{', '[', '\'', '"']) {
-        return true;
-    }
     let word_end = args
         .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '+')))
         .unwrap_or(args.len());
@@ -1497,14 +1496,19 @@ fn opens_python_arguments(args: &str) -> bool {
 }
 
 /// The end (exclusive) of the bracketed text opening at `text[0]` (`(`, `[` or `{`), its
-/// strings in single quotes as well as double, read as [`relaxed_json`] reads them.
-fn python_close(text: &str) -> Option<usize> {
+/// strings in single quotes as well as double, read as [`relaxed_json`] reads them. With
+/// `values_only`, a quote opens a string only where a value starts (see [`starts_value`]);
+/// elsewhere (`O'Brien`) the text is no Python's, and there is no end.
+fn python_close(text: &str, values_only: bool) -> Option<usize> {
     let bytes = text.as_bytes();
     let mut depth: usize = 0;
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
             b'"' | b'\'' => {
+                if values_only && !starts_value(bytes.get(..i)?) {
+                    return None;
+                }
                 i = python_string(text, i)?.1;
                 continue;
             }
@@ -1520,6 +1524,20 @@ fn python_close(text: &str) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// Whether a string opening after `before` starts a value: after an opening bracket, a
+/// comma, a colon or `=`, blanks and a string prefix (`r`, `b`, `f`, `u`, two at most)
+/// between.
+fn starts_value(before: &[u8]) -> bool {
+    let before = before.trim_ascii_end();
+    let prefix = before
+        .iter()
+        .rev()
+        .take_while(|b| b"rRbBuUfF".contains(b))
+        .count();
+    let opener = before.get(..before.len() - prefix).and_then(<[u8]>::last);
+    prefix <= 2 && opener.is_some_and(|b| b"([{,:=".contains(b))
 }
 
 /// Whether the bracketed text `bracketed` (`[...]` right after a tool name) holds the

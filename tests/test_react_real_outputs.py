@@ -802,6 +802,10 @@ def test_call_parentheses_around_a_python_literal(reply: str, value: Any) -> Non
         ("Action: f(x == 'a)b')", "(x == 'a)b')"),
         ("Action: f(3 apples, 'a)b')", "(3 apples, 'a)b')"),
         ("Action: f(inf, 'a)b')", "(inf, 'a)b')"),
+        # After a keyword or a number, an apostrophe where no value starts is prose's.
+        ("Action: lookup(name=O'Brien) (the author's page)", "(name=O'Brien) (the author's page)"),
+        ("Action: search(1, it's) or (that's)", "(1, it's) or (that's)"),
+        ("Action: search(q=r'a)b', n=2)", "q=r'a)b', n=2"),
     ],
 )
 def test_call_parentheses_around_more_than_a_literal_give_their_text(reply: str, text: str) -> None:

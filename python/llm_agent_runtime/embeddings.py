@@ -309,7 +309,7 @@ class OpenAIEmbedder:
         named = text_setting("model", model)
         if named is None:
             raise TypeError("model must be a str, got NoneType")
-        self.model = named
+        self.model = named.strip()  # no model's name ends in a blank (an env file's slip)
         """Embedding model name sent with each request."""
         self.dimensions = dimensions
         """Requested output length, or None for the model's own."""

@@ -243,3 +243,28 @@ def test_lock_timeout_must_be_a_finite_number_of_seconds(
 ) -> None:
     with pytest.raises(PersistenceError, match="lock_timeout must be a finite number"):
         FileBackend(tmp_path, lock_timeout=lock_timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="one process per directory there: no locks")
+@pytest.mark.timeout(30)
+async def test_a_batch_another_call_installs_past_lock_timeout_is_not_called_a_crashs(
+    tmp_path: Path,
+) -> None:
+    # Its writer alive (a slow disk, or stopped): the error said "its writer failed or
+    # stopped first", the wording for a crash's leftover, which an operator may delete.
+    import fcntl
+
+    FileBackend(tmp_path)  # makes the redo log's folder
+    batch = tmp_path / ".batches" / f"{uuid.uuid4().hex}.batch"
+    batch.write_bytes(file_module._encode_batch({"a": b"1", "b": b"1"}))
+    writer = os.open(batch, os.O_RDWR)  # its writer holds it until it is installed
+    try:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        with pytest.raises(PersistenceError) as caught:
+            FileBackend(tmp_path, lock_timeout=0.2)
+        assert "is being installed by another call, still not done" in str(caught.value)
+        assert "lock_timeout" in str(caught.value) and "failed" not in str(caught.value)
+    finally:
+        os.close(writer)
+    # Its writer gone (as after a crash): the batch is finished whole.
+    assert await FileBackend(tmp_path).batch_load(["a", "b"]) == {"a": b"1", "b": b"1"}

@@ -292,3 +292,30 @@ def test_a_sqlite_backend_given_a_relative_path_stays_on_its_file_after_a_chdir(
     finally:
         store.close()
     assert not (tmp_path / "elsewhere" / "store.db").exists()
+
+
+def test_a_sqlite_path_through_a_symlink_and_dot_dot_is_the_file_the_system_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Made absolute by text alone, `link/..` was the link's own folder, not its target's
+    # parent: the store opened a new, empty database beside the one it had written.
+    (tmp_path / "srv" / "data").mkdir(parents=True)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "data").symlink_to(tmp_path / "srv" / "data")
+    monkeypatch.chdir(tmp_path / "app")
+    with ar.SqliteBackend("data/../store.db") as store:
+        asyncio.run(store.save("k", b"v"))
+    assert (tmp_path / "srv" / "store.db").exists()
+    assert not (tmp_path / "app" / "store.db").exists()
+    with ar.SqliteBackend(tmp_path / "srv" / "store.db") as store:
+        assert asyncio.run(store.load("k")) == b"v"
+
+
+def test_a_relative_sqlite_path_in_a_removed_directory_is_a_persistence_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "gone").mkdir()
+    monkeypatch.chdir(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    with pytest.raises(ar.PersistenceError, match=r"cannot open SQLite database 'store\.db'"):
+        ar.SqliteBackend("store.db")

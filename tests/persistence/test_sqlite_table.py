@@ -147,3 +147,52 @@ async def test_a_table_of_another_shape_is_left_as_it_is(tmp_path: Path) -> None
         assert "note TEXT" in _table_sql(path)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "dependent",
+    [
+        "CREATE VIEW sessions AS SELECT key FROM kv WHERE key LIKE 'session:%'",
+        "CREATE INDEX kv_size ON kv (length(value))",
+        "CREATE TRIGGER kv_audit AFTER DELETE ON kv BEGIN SELECT 1; END",
+    ],
+)
+async def test_an_earlier_table_other_programs_built_on_is_left_as_it_is(
+    tmp_path: Path, dependent: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A conversion dropped their indexes and triggers; a view failed it at every open, after
+    # the whole copy.
+    path = tmp_path / "store.db"
+    _earlier_file(path)
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute(dependent)
+    conn.close()
+    with caplog.at_level(logging.WARNING, logger="llm_agent_runtime"):
+        store = ar.SqliteBackend(path)
+    try:
+        assert "keeps its earlier table" in caplog.text
+        assert "unconverted" not in caplog.text  # not tried, so not failed
+        with sqlite3.connect(path) as conn:
+            names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+            (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'kv'").fetchone()
+        conn.close()
+        assert {"sessions", "kv_size", "kv_audit"} & names  # still defined
+        assert sql == EARLIER
+        await _holds_every_record(store)
+        await store.save("new", b"n")
+        assert await store.load("new") == b"n"
+    finally:
+        store.close()
+
+
+async def test_a_conversion_leaves_no_write_ahead_log_of_the_copy(tmp_path: Path) -> None:
+    # The copy went through the log: as big as the table, kept until the backend closed.
+    path = tmp_path / "store.db"
+    _earlier_file(path)
+    store = ar.SqliteBackend(path)
+    try:
+        assert _table_sql(path) == ROWID_TABLE
+        wal = tmp_path / "store.db-wal"
+        assert not wal.exists() or wal.stat().st_size < 100_000  # the table is 320 kB
+    finally:
+        store.close()

@@ -70,6 +70,12 @@ FORMS = {
     "error-event-message-only": Form(
         sse({"error": {"message": MESSAGE}}, "error"), "error: model worker", None, True
     ),
+    "error-event-blank-type-and-code": Form(
+        sse({"error": {"message": MESSAGE, "type": "", "code": ""}}, "error"),
+        "error: model worker",
+        None,
+        True,
+    ),
     "error-event-typed": Form(
         sse({"error": {"message": MESSAGE, "type": "invalid_request_error"}}, "error"),
         "invalid_request_error: model",

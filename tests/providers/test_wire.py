@@ -425,14 +425,17 @@ async def test_a_model_name_is_sent_without_surrounding_blanks(
 ) -> None:
     # An env file's `OPENAI_MODEL=qwen3 ` was sent as "qwen3 ": no such model (404).
     monkeypatch.setenv(f"{kind.upper()}_MODEL", "qwen3 \t")
-    server.script(Turn("a"), Turn("b"))
+    server.script(Turn("a"), Turn("b"), Turn("c"), Turn("d"))
     async with make_provider(kind, server) as llm:
         assert llm.model == "qwen3"
         await llm.chat([Message("user", "x")])
     async with make_provider(kind, server, model=" given\n") as llm:
         assert llm.model == "given"
         await llm.chat([Message("user", "x")])
-    assert [request.json["model"] for request in server.requests] == ["qwen3", "given"]
+        await llm.chat([Message("user", "x")], model=" per-call ")
+        await llm.chat([Message("user", "x")], model="  ")  # blank: none given
+    sent = [request.json["model"] for request in server.requests]
+    assert sent == ["qwen3", "given", "per-call", "given"]
 
 
 # ---------------------------------------------------------------------- Anthropic

@@ -148,7 +148,7 @@ def _wait_for_lock(fd: int, timeout: float, shared: bool = False) -> None:
         Abandoned: The call was cancelled meanwhile (see `run_in_thread`).
     """
     if not wait_until(lambda: _lock(fd, wait=False, shared=shared), timeout):
-        raise TimeoutError(f"another process has held its lock for {timeout:g} s (lock_timeout)")
+        raise TimeoutError(f"another call has held its lock for {timeout:g} s (lock_timeout)")
 
 
 @contextlib.contextmanager
@@ -312,15 +312,17 @@ class FileBackend:
     Args:
         directory: where the files live (created if missing): a non-empty `str` or
             `os.PathLike` of one.
-        lock_timeout: seconds a call waits for a lock another process holds (a batch
-            being installed, or for a batch, the reads under way), a finite number >= 0:
-            past it the call fails with a `PersistenceError` naming the lock, rather than
-            wait for good on a process that was stopped (SIGSTOP, a debugger) holding it.
-            A batch that fails so writes nothing.
+        lock_timeout: seconds a call waits for a lock another call holds (a batch being
+            installed, or for a batch, the reads under way; of this process or another),
+            a finite number >= 0: past it the call fails with a `PersistenceError` naming
+            the lock, rather than wait for good on a process that was stopped (SIGSTOP, a
+            debugger) holding it. A batch that fails so writes nothing. 0 fails a call at
+            any contention, even with this process's own calls.
 
     Raises:
         PersistenceError: When `directory` is no such path, `lock_timeout` no such time,
-            the directory cannot be created, or a batch a crash left cannot be finished.
+            the directory cannot be created, or a batch a crash left cannot be finished (or
+            one another process is installing is still not, `lock_timeout` later).
     """
 
     def __init__(self, directory: str | os.PathLike[str], lock_timeout: float = 30.0) -> None:
@@ -688,36 +690,47 @@ class FileBackend:
         except OSError as exc:
             raise PersistenceError(f"cannot finish the batch {batch}: {exc}") from exc
         try:
-            # A live writer holds it until its batch is installed.
-            _wait_for_lock(fd, self.lock_timeout)
+            try:  # a live writer holds it until its batch is installed
+                _wait_for_lock(fd, self.lock_timeout)
+            except TimeoutError as exc:  # a live writer, slow or stopped: no crash's leftover
+                raise PersistenceError(
+                    f"the batch {batch} is being installed by another call, still not done: {exc}"
+                ) from None
+            except OSError as exc:
+                raise PersistenceError(f"cannot finish the batch {batch}: {exc}") from exc
             try:
-                if os.stat(batch).st_ino != os.fstat(fd).st_ino:
-                    return  # pragma: no cover (names are never reused)
-            except FileNotFoundError:
-                return  # installed by its writer while this one waited
-            with os.fdopen(os.dup(fd), "rb") as f:
-                items = _decode_batch(f.read())
-            if items is None:  # fsynced before its commit: only a failing disk gets here
-                aside = batch.with_suffix(".damaged")
-                os.replace(batch, aside)
-                logger.warning("FileBackend: a damaged batch file was put aside as %s", aside)
-                return
-            if batch not in self._batches_finishing:  # once, not at every call that retries
-                self._batches_finishing.add(batch)
-                logger.warning(
-                    "FileBackend: finishing a batch committed but not installed, its writer "
-                    "failed or stopped first (%s)",
-                    batch,
-                )
-            self._install(batch, items)
-            self._batches_finishing.discard(batch)
-        except (OSError, PersistenceError) as exc:
-            raise PersistenceError(
-                f"cannot finish the batch {batch}, committed but not installed (its writer "
-                f"failed or stopped first): {exc}"
-            ) from exc
+                self._finish_locked_batch(batch, fd)
+            except (OSError, PersistenceError) as exc:
+                raise PersistenceError(
+                    f"cannot finish the batch {batch}, committed but not installed (its "
+                    f"writer failed or stopped first): {exc}"
+                ) from exc
         finally:
             _close_locking(fd)
+
+    def _finish_locked_batch(self, batch: Path, fd: int) -> None:
+        """Installs the committed `batch`, whose lock `fd` holds (see `_finish_batch`)."""
+        try:
+            if os.stat(batch).st_ino != os.fstat(fd).st_ino:
+                return  # pragma: no cover (names are never reused)
+        except FileNotFoundError:
+            return  # installed by its writer while this one waited
+        with os.fdopen(os.dup(fd), "rb") as f:
+            items = _decode_batch(f.read())
+        if items is None:  # fsynced before its commit: only a failing disk gets here
+            aside = batch.with_suffix(".damaged")
+            os.replace(batch, aside)
+            logger.warning("FileBackend: a damaged batch file was put aside as %s", aside)
+            return
+        if batch not in self._batches_finishing:  # once, not at every call that retries
+            self._batches_finishing.add(batch)
+            logger.warning(
+                "FileBackend: finishing a batch committed but not installed, its writer "
+                "failed or stopped first (%s)",
+                batch,
+            )
+        self._install(batch, items)
+        self._batches_finishing.discard(batch)
 
     def _remove_abandoned_temporaries(self) -> None:
         """Removes the temporary files of writes a crash cut short (only this backend's).

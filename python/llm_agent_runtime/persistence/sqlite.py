@@ -135,6 +135,15 @@ def _made_by_earlier_version(c: sqlite3.Connection) -> bool:
     return row is not None and row[0] == _EARLIER_SCHEMA
 
 
+def _has_dependents(c: sqlite3.Connection) -> bool:
+    """Whether the database defines views, or indexes or triggers on `kv` (but its key's)."""
+    (count,) = c.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'view' "
+        "OR (type IN ('index', 'trigger') AND tbl_name = 'kv' AND sql IS NOT NULL)"
+    ).fetchone()
+    return bool(count)
+
+
 def _end_read(c: sqlite3.Connection) -> None:
     """Ends a read transaction, rolled back when its COMMIT fails.
 
@@ -194,9 +203,13 @@ class SqliteBackend(Unshared):
         busy_timeout: float = 30.0,
     ) -> None:
         self.path = check_path(path, "a SQLite database")
-        if self.path != ":memory:":
-            # Absolute: a forked child opens its own connection, after any `os.chdir`.
-            self.path = os.path.abspath(self.path)
+        if self.path != ":memory:" and not os.path.isabs(self.path):
+            # Absolute: a forked child opens its own connection, after any `os.chdir`. Not
+            # normalised: `link/..` is where the link's target leads, as the system reads it.
+            try:
+                self.path = os.path.join(os.getcwd(), self.path)
+            except OSError as exc:  # the working directory was removed
+                raise PersistenceError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self.synchronous = _synchronous_level(synchronous)
         real = isinstance(busy_timeout, numbers.Real) and not isinstance(busy_timeout, bool)
         if not (real and 0 <= busy_timeout < math.inf):
@@ -241,13 +254,22 @@ class SqliteBackend(Unshared):
     def _convert_earlier_table(self, conn: sqlite3.Connection) -> None:
         """Moves an earlier version's table (see `SCHEMA`) into a rowid one, once.
 
-        One transaction, at the first open of such a file.
-
-        The file stays as it was, and in use (every call works on either table), when the
-        conversion fails (a read-only file, a full disk: logged) or another process holds
-        the write lock past `busy_timeout`; a later open converts it.
+        One transaction at the first open of such a file, holding its write lock for as long
+        as the copy takes (about a second for 300 MB); the pages the old table held are kept
+        free in the file for later writes. The file stays as it was, and in use (every call
+        works on either table), when the conversion fails (a read-only file, a full disk:
+        logged) or another process holds the write lock past `busy_timeout`: a later open
+        converts it. A file where other programs defined views, or indexes or triggers on
+        the table, is left as it is (logged at each open): a conversion would drop them.
         """
         if not _made_by_earlier_version(conn):
+            return
+        if _has_dependents(conn):
+            logger.warning(
+                "SQLite database %s keeps its earlier table (views, or indexes or triggers "
+                "on it, are defined): deleting a big session's records is slow there",
+                self.path,
+            )
             return
         deadline = time.monotonic() + self._busy_timeout
         try:
@@ -258,7 +280,8 @@ class SqliteBackend(Unshared):
                 except sqlite3.OperationalError as exc:  # waited `_BUSY_SLICE` already
                     if not _busy(exc) or time.monotonic() >= deadline:
                         raise
-            if _made_by_earlier_version(conn):  # not converted by another process meanwhile
+            # Not converted by another process meanwhile, nor given dependents.
+            if _made_by_earlier_version(conn) and not _has_dependents(conn):
                 conn.execute("DROP TABLE IF EXISTS kv_converting")
                 conn.execute(_create_table("kv_converting"))
                 conn.execute("INSERT INTO kv_converting (key, value) SELECT key, value FROM kv")
@@ -271,6 +294,11 @@ class SqliteBackend(Unshared):
         except BaseException:
             _roll_back(conn)
             raise
+        finally:
+            # The copy went through the write-ahead log (the whole table, committed or
+            # not): it would stay that size on disk until the last connection closes.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
         """Puts the database in WAL mode, waiting up to `busy_timeout` for other processes.

@@ -2363,6 +2363,10 @@ class HttpTransport:
                 # A body read whole (an error status's, or a reply that is no stream) is
                 # bounded as a whole reply is: `timeout` alone never cuts one that trickles.
                 await self._in_total_time(self.check_status(response))
+                # Checked as raw bytes arrive too: httpx hands on no chunk that decodes to
+                # nothing, and those bytes keep its read timeout from firing. (Set before the
+                # body's first read, which takes the stream as it is then.)
+                response.stream = _CheckedStream(response.stream, check_quiet)
                 kind = response.headers.get("content-type")
                 if kind is not None and not _is_event_stream(kind):
                     # Events all the same (a proxy that labels them `text/plain`, a server
@@ -2377,9 +2381,6 @@ class HttpTransport:
                             response, body_start, truncated=truncated, check=check
                         )
                     chunks = _chained(opening, chunks)
-                # Checked as raw bytes arrive too: httpx hands on no chunk that decodes to
-                # nothing, and those bytes keep its read timeout from firing.
-                response.stream = _CheckedStream(response.stream, check_quiet)
                 timed_chunks = Driven(timed(chunks))
                 events = Driven(iter_sse(timed_chunks, cut))
                 try:

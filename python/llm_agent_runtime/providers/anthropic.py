@@ -595,7 +595,8 @@ class AnthropicProvider(HttpProvider):
         messages, tools = check_conversation(messages, tools)
         system, wire_messages = _wire_messages(messages)
         body: dict[str, Any] = {
-            "model": model or self.model,
+            # Stripped as the provider's own is (`model_setting`): blank is none given.
+            "model": (model.strip() if isinstance(model, str) else model) or self.model,
             "max_tokens": self.max_tokens,
             "messages": wire_messages,
         }

@@ -658,7 +658,8 @@ class OpenAIProvider(HttpProvider):
             raise ValueError(f"parameters set by the provider cannot be passed: {sorted(reserved)}")
         messages, tools = check_conversation(messages, tools)
         body: dict[str, Any] = {
-            "model": model or self.model,
+            # Stripped as the provider's own is (`model_setting`): blank is none given.
+            "model": (model.strip() if isinstance(model, str) else model) or self.model,
             "messages": [_wire_message(m) for m in messages],
         }
         if tools:
@@ -1256,7 +1257,7 @@ def _reported_error(data: bytes, transport: HttpTransport) -> ProviderError:
         # An event's data is never cut short.
         error = _Error(message=error_message(data, transport.redact, truncated=False))
     failure = _api_error(error, transport.redact, "OpenAI stream error")
-    if not error.type and error.code is None:
+    if not error.type and error.code in (None, ""):
         return ProviderError(failure.args[0], retryable=True)
     return failure
 
