@@ -1527,8 +1527,8 @@ fn python_close(text: &str, values_only: bool) -> Option<usize> {
 }
 
 /// Whether a string opening after `before` starts a value: after an opening bracket, a
-/// comma, a colon or `=`, blanks and a string prefix (`r`, `b`, `f`, `u`, two at most)
-/// between.
+/// comma, a colon, `=` or `+`, or another string (`'a' 'b'`), with blanks, then a string
+/// prefix (`r`, `b`, `f`, `u`, two at most), between.
 fn starts_value(before: &[u8]) -> bool {
     let before = before.trim_ascii_end();
     let prefix = before
@@ -1536,8 +1536,10 @@ fn starts_value(before: &[u8]) -> bool {
         .rev()
         .take_while(|b| b"rRbBuUfF".contains(b))
         .count();
-    let opener = before.get(..before.len() - prefix).and_then(<[u8]>::last);
-    prefix <= 2 && opener.is_some_and(|b| b"([{,:=".contains(b))
+    let opener = before
+        .get(..before.len() - prefix)
+        .and_then(|rest| rest.trim_ascii_end().last());
+    prefix <= 2 && opener.is_some_and(|b| b"([{,:=+'\"".contains(b))
 }
 
 /// Whether the bracketed text `bracketed` (`[...]` right after a tool name) holds the

@@ -650,6 +650,13 @@ def test_openai_embedder_refuses_malformed_rows(
     assert error.value.retryable is False
 
 
+@pytest.mark.parametrize("model", ["", "   ", "\n"])
+def test_openai_embedder_refuses_a_blank_model(model: str) -> None:
+    # Sent as "", every embed failed with the server's complaint.
+    with pytest.raises(ar.MemoryStoreError, match="model must name an embedding model"):
+        ar.OpenAIEmbedder(api_key="sk-x", base_url="http://127.0.0.1:9/v1", model=model)
+
+
 def test_an_index_echoing_the_api_key_is_not_quoted(server: tuple[_Server, str]) -> None:
     # A proxy that echoes the request's headers: the key was quoted in the error (39 chars).
     state, url = server

@@ -806,6 +806,9 @@ def test_call_parentheses_around_a_python_literal(reply: str, value: Any) -> Non
         ("Action: lookup(name=O'Brien) (the author's page)", "(name=O'Brien) (the author's page)"),
         ("Action: search(1, it's) or (that's)", "(1, it's) or (that's)"),
         ("Action: search(q=r'a)b', n=2)", "q=r'a)b', n=2"),
+        ("Action: search(pattern = r'\\d+)')", "pattern = r'\\d+)'"),
+        ("Action: search(q='Steps: 1) wash ' '2) dry')", "q='Steps: 1) wash ' '2) dry'"),
+        ("Action: search(q='1) ' + 'wash')", "q='1) ' + 'wash'"),
     ],
 )
 def test_call_parentheses_around_more_than_a_literal_give_their_text(reply: str, text: str) -> None:

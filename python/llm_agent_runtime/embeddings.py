@@ -218,7 +218,7 @@ class OpenAIEmbedder:
             "http://localhost:8000/v1" for vLLM; None (or blank) reads ``OPENAI_BASE_URL``,
             else OpenAI's API. A user name and password in it (``http://user:pw@host/v1``)
             are sent as basic auth when there is no API key, and the repr leaves them out.
-        model: embedding model name.
+        model: embedding model name (surrounding blanks stripped: none is refused).
         dimensions: ask the server for shorter vectors (models that support it), up to
             2**20 (as `HashingEmbedder`'s `dim`).
         batch_size: texts per request.
@@ -252,8 +252,8 @@ class OpenAIEmbedder:
     Raises:
         MemoryStoreError: batch_size, dimensions or max_request_tokens is not an int (a
             bool or float is refused) of at least 1, dimensions is over 2**20, timeout is
-            not a finite number of seconds above 0, or client is not an `httpx.Client` (an
-            `httpx.AsyncClient` cannot serve the synchronous `embed`).
+            not a finite number of seconds above 0, model is blank, or client is not an
+            `httpx.Client` (an `httpx.AsyncClient` cannot serve the synchronous `embed`).
         TypeError: retry is not a `RetryPolicy`.
         ProviderError: the API key is one no HTTP header can carry (whitespace such as a
             trailing newline, control or non-ASCII characters; the message never quotes it),
@@ -310,6 +310,8 @@ class OpenAIEmbedder:
         if named is None:
             raise TypeError("model must be a str, got NoneType")
         self.model = named.strip()  # no model's name ends in a blank (an env file's slip)
+        if not self.model:  # every request would fail, each with the server's complaint
+            raise MemoryStoreError(f"model must name an embedding model, got {named!r:.80}")
         """Embedding model name sent with each request."""
         self.dimensions = dimensions
         """Requested output length, or None for the model's own."""

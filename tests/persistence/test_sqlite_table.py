@@ -155,6 +155,10 @@ async def test_a_table_of_another_shape_is_left_as_it_is(tmp_path: Path) -> None
         "CREATE VIEW sessions AS SELECT key FROM kv WHERE key LIKE 'session:%'",
         "CREATE INDEX kv_size ON kv (length(value))",
         "CREATE TRIGGER kv_audit AFTER DELETE ON kv BEGIN SELECT 1; END",
+        'CREATE TRIGGER kv_audit AFTER DELETE ON main."KV" BEGIN SELECT 1; END',
+        # On another table, writing to this one: the rename failed after the whole copy.
+        "CREATE TABLE log (n INTEGER); "
+        "CREATE TRIGGER kv_audit AFTER INSERT ON log BEGIN INSERT INTO kv VALUES ('l', x''); END",
     ],
 )
 async def test_an_earlier_table_other_programs_built_on_is_left_as_it_is(
@@ -165,7 +169,7 @@ async def test_an_earlier_table_other_programs_built_on_is_left_as_it_is(
     path = tmp_path / "store.db"
     _earlier_file(path)
     with sqlite3.connect(path, isolation_level=None) as conn:
-        conn.execute(dependent)
+        conn.executescript(dependent)
     conn.close()
     with caplog.at_level(logging.WARNING, logger="llm_agent_runtime"):
         store = ar.SqliteBackend(path)

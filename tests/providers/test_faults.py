@@ -485,6 +485,24 @@ async def test_a_body_of_another_type_opening_with_no_event_is_no_stream(
     assert len(server.requests) == 1
 
 
+async def test_a_body_of_another_type_read_slower_than_timeout_is_still_the_servers_error(
+    kind: str, server: FakeLlmServer, retry: RetryPolicy
+) -> None:
+    # Its start is read whole, bounded by total_timeout: the stream's quiet check cut it
+    # ("sent no content for 0.3 s", retryable) and each attempt failed so.
+    body = json.dumps(_error_body(kind, "invalid_request_error", "streaming is off")).encode()
+    frames = [body[i : i + 8] for i in range(0, len(body), 8)]  # 0.1 s apart: > 0.3 s in all
+    assert len(frames) > 5
+    reply = Reply(frames=frames, headers={"content-type": "application/json"}, frame_interval=0.1)
+    server.script(reply, Turn("unused"))
+    async with make_provider(kind, server, retry=retry, timeout=0.3) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert events == [] and error is not None
+    assert "invalid_request_error: streaming is off" in str(error)
+    assert error.retryable is False
+    assert len(server.requests) == 1
+
+
 async def test_a_stream_of_its_terminator_alone_is_retried_as_no_reply(
     kind: str, server: FakeLlmServer, retry: RetryPolicy
 ) -> None:

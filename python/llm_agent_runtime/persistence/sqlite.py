@@ -136,10 +136,13 @@ def _made_by_earlier_version(c: sqlite3.Connection) -> bool:
 
 
 def _has_dependents(c: sqlite3.Connection) -> bool:
-    """Whether the database defines views, or indexes or triggers on `kv` (but its key's)."""
+    """Whether the database defines views, triggers or indexes on `kv` (but its key's).
+
+    Any trigger: one on another table may write to `kv`.
+    """
     (count,) = c.execute(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'view' "
-        "OR (type IN ('index', 'trigger') AND tbl_name = 'kv' AND sql IS NOT NULL)"
+        "SELECT count(*) FROM sqlite_master WHERE type IN ('view', 'trigger') "
+        "OR (type = 'index' AND lower(tbl_name) = 'kv' AND sql IS NOT NULL)"
     ).fetchone()
     return bool(count)
 
@@ -259,15 +262,15 @@ class SqliteBackend(Unshared):
         free in the file for later writes. The file stays as it was, and in use (every call
         works on either table), when the conversion fails (a read-only file, a full disk:
         logged) or another process holds the write lock past `busy_timeout`: a later open
-        converts it. A file where other programs defined views, or indexes or triggers on
-        the table, is left as it is (logged at each open): a conversion would drop them.
+        converts it. A file where other programs defined views, triggers, or indexes on the
+        table, is left as it is (logged at each open): a conversion would drop them.
         """
         if not _made_by_earlier_version(conn):
             return
         if _has_dependents(conn):
             logger.warning(
-                "SQLite database %s keeps its earlier table (views, or indexes or triggers "
-                "on it, are defined): deleting a big session's records is slow there",
+                "SQLite database %s keeps its earlier table (views, triggers or indexes on "
+                "it are defined): deleting a big session's records is slow there",
                 self.path,
             )
             return

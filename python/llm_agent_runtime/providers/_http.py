@@ -2310,11 +2310,14 @@ class HttpTransport:
         # The body's start, kept until the first event: an error may stand in for the stream.
         start = bytearray()
         no_event = True
+        # Off while the start of a reply of another type is read whole, to tell whether it
+        # is a stream: that read is bounded as a whole reply is (`total_timeout`).
+        sniffing = False
 
         def check_quiet() -> None:
             # A silent server trips the read timeout; this catches one that only pings, or
             # sends bytes that decode to nothing (empty flushes of a compressed body).
-            if clock() - quiet_since > self.timeout:
+            if not sniffing and clock() - quiet_since > self.timeout:
                 raise ProviderError(
                     f"{self.name} stream sent no content for {self.timeout:g} s "
                     "(only keep-alive pings or events without any)",
@@ -2372,6 +2375,7 @@ class HttpTransport:
                     # Events all the same (a proxy that labels them `text/plain`, a server
                     # that says `application/json`) are read as such, as the APIs' own SDKs
                     # read them; anything else is an error in place of the stream.
+                    sniffing = True
                     opening = await self._in_total_time(_opening(chunks))
                     if not _opens_events(opening):
                         body_start, truncated = await self._in_total_time(
@@ -2381,6 +2385,7 @@ class HttpTransport:
                             response, body_start, truncated=truncated, check=check
                         )
                     chunks = _chained(opening, chunks)
+                    sniffing = False
                 timed_chunks = Driven(timed(chunks))
                 events = Driven(iter_sse(timed_chunks, cut))
                 try:
