@@ -1510,6 +1510,9 @@ fn python_close(text: &str, values_only: bool) -> Option<usize> {
                     return None;
                 }
                 i = python_string(text, i)?.1;
+                if values_only && !ends_value(bytes.get(i..)?) {
+                    return None;
+                }
                 continue;
             }
             b'(' | b'[' | b'{' => depth += 1,
@@ -1540,6 +1543,19 @@ fn starts_value(before: &[u8]) -> bool {
         .get(..before.len() - prefix)
         .and_then(|rest| rest.trim_ascii_end().last());
     prefix <= 2 && opener.is_some_and(|b| b"([{,:=+'\"".contains(b))
+}
+
+/// Whether a string closing before `after` ends a value: blanks, then a comma, a closing
+/// bracket, a colon, `=`, `+`, or another string (`'a' 'b'`, its prefix letters first).
+/// Prose's apostrophes pair up otherwise (`C++'s) and (Rust's`).
+fn ends_value(after: &[u8]) -> bool {
+    let after = after.trim_ascii_start();
+    let prefix = after.iter().take_while(|b| b"rRbBuUfF".contains(b)).count();
+    match after.get(prefix) {
+        Some(b'\'' | b'"') => prefix <= 2,
+        Some(b) => prefix == 0 && b",)]}:=+".contains(b),
+        None => prefix == 0,
+    }
 }
 
 /// Whether the bracketed text `bracketed` (`[...]` right after a tool name) holds the

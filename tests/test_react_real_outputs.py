@@ -809,6 +809,13 @@ def test_call_parentheses_around_a_python_literal(reply: str, value: Any) -> Non
         ("Action: search(pattern = r'\\d+)')", "pattern = r'\\d+)'"),
         ("Action: search(q='Steps: 1) wash ' '2) dry')", "q='Steps: 1) wash ' '2) dry'"),
         ("Action: search(q='1) ' + 'wash')", "q='1) ' + 'wash'"),
+        # A string that ends where no value does is prose's apostrophes paired up.
+        ("Action: search(q=C++'s) and (Rust's)", "(q=C++'s) and (Rust's)"),
+        ("Action: search(q='Bob''s car) or (Ann's)", "(q='Bob''s car) or (Ann's)"),
+        (
+            "Action: search(lang=R, R's plotting) or (Python's)",
+            "(lang=R, R's plotting) or (Python's)",
+        ),
     ],
 )
 def test_call_parentheses_around_more_than_a_literal_give_their_text(reply: str, text: str) -> None:

@@ -503,6 +503,25 @@ async def test_a_body_of_another_type_read_slower_than_timeout_is_still_the_serv
     assert len(server.requests) == 1
 
 
+async def test_a_body_of_another_type_is_read_within_one_total_timeout(
+    kind: str, server: FakeLlmServer
+) -> None:
+    # Its opening and the rest of its start were each given total_timeout: twice in all.
+    body = json.dumps(_error_body(kind, "invalid_request_error", "x" * 40)).encode()
+    # 0.1 s apart: blanks for 0.6 s, then the body for 1.5 s more.
+    frames = [b" "] * 6 + [body[i : i + 6] for i in range(0, len(body), 6)]
+    reply = Reply(frames=frames, headers={"content-type": "application/json"}, frame_interval=0.1)
+    server.script(reply)
+    started = time.monotonic()
+    async with make_provider(
+        kind, server, retry=RetryPolicy(max_attempts=1), timeout=0.3, total_timeout=0.8
+    ) as llm:
+        events, error = await collect(llm.chat_stream(USER))
+    assert events == [] and error is not None
+    assert "(total_timeout)" in str(error)
+    assert time.monotonic() - started < 1.2
+
+
 async def test_a_stream_of_its_terminator_alone_is_retried_as_no_reply(
     kind: str, server: FakeLlmServer, retry: RetryPolicy
 ) -> None:

@@ -2376,13 +2376,10 @@ class HttpTransport:
                     # that says `application/json`) are read as such, as the APIs' own SDKs
                     # read them; anything else is an error in place of the stream.
                     sniffing = True
-                    opening = await self._in_total_time(_opening(chunks))
-                    if not _opens_events(opening):
-                        body_start, truncated = await self._in_total_time(
-                            _read_chunks(chunks, MAX_ERROR_BODY, opening)
-                        )
+                    opening, read = await self._in_total_time(_opening_or_body(chunks))
+                    if read is not None:
                         raise self.not_a_stream_error(
-                            response, body_start, truncated=truncated, check=check
+                            response, read[0], truncated=read[1], check=check
                         )
                     chunks = _chained(opening, chunks)
                     sniffing = False
@@ -2749,6 +2746,17 @@ async def _opening(chunks: AsyncIterator[bytes]) -> bytes:
 
 _SNIFFED = 256
 """Bytes of a body's start that may tell whether it holds server-sent events."""
+
+
+async def _opening_or_body(chunks: AsyncIterator[bytes]) -> tuple[bytes, tuple[bytes, bool] | None]:
+    """A body's `_opening`, and its start as `_read_chunks` reads it when it is no stream.
+
+    One read, bounded as a whole reply is (`total_timeout`), not two.
+    """
+    opening = await _opening(chunks)
+    if _opens_events(opening):
+        return opening, None
+    return opening, await _read_chunks(chunks, MAX_ERROR_BODY, opening)
 
 
 def _opens_events(body_start: bytes) -> bool:
