@@ -1546,14 +1546,15 @@ fn starts_value(before: &[u8]) -> bool {
 }
 
 /// Whether a string closing before `after` ends a value: blanks, then a comma, a closing
-/// bracket, a colon, `=`, `+`, or another string (`'a' 'b'`, its prefix letters first).
-/// Prose's apostrophes pair up otherwise (`C++'s) and (Rust's`).
+/// bracket, a colon, an operator (`=`, `+`, `%`, `*`), a method or an index (`.`, `[`), a
+/// comment or a line continuation (`#`, `\`), or another string (`'a' 'b'`, its prefix
+/// letters first). Prose's apostrophes pair up otherwise (`C++'s) and (Rust's`).
 fn ends_value(after: &[u8]) -> bool {
     let after = after.trim_ascii_start();
     let prefix = after.iter().take_while(|b| b"rRbBuUfF".contains(b)).count();
     match after.get(prefix) {
         Some(b'\'' | b'"') => prefix <= 2,
-        Some(b) => prefix == 0 && b",)]}:=+".contains(b),
+        Some(b) => prefix == 0 && b",)]}:=+%*.[#\\".contains(b),
         None => prefix == 0,
     }
 }

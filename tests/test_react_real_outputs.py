@@ -809,6 +809,10 @@ def test_call_parentheses_around_a_python_literal(reply: str, value: Any) -> Non
         ("Action: search(pattern = r'\\d+)')", "pattern = r'\\d+)'"),
         ("Action: search(q='Steps: 1) wash ' '2) dry')", "q='Steps: 1) wash ' '2) dry'"),
         ("Action: search(q='1) ' + 'wash')", "q='1) ' + 'wash'"),
+        ("Action: f(q='a)b'.upper())", "q='a)b'.upper()"),
+        ("Action: f(q='%s)' % x)", "q='%s)' % x"),
+        ("Action: f(\n    q='1) wash',  # step one\n)", "q='1) wash',  # step one"),
+        ("Action: f(\n    q='1) wash'  # step one\n)", "q='1) wash'  # step one"),
         # A string that ends where no value does is prose's apostrophes paired up.
         ("Action: search(q=C++'s) and (Rust's)", "(q=C++'s) and (Rust's)"),
         ("Action: search(q='Bob''s car) or (Ann's)", "(q='Bob''s car) or (Ann's)"),

@@ -195,6 +195,12 @@ def find(query: str, exact: bool = False) -> str:
         (find, 'Action: find(query="rust", exact=true)', "found rust, exact=True"),
         # A text Python reads as another call: not arguments.
         (lookup, "Action: lookup\nAction Input: query=1)(query=2", "found query=1)(query=2"),
+        # A `)` in a string, a comment after the arguments (the comment hid the `)`).
+        (
+            find,
+            "Action: find(\n    query='1) wash',  # step one\n    exact=True  # only that\n)",
+            "found 1) wash, exact=True",
+        ),
     ],
 )
 async def test_keyword_arguments_written_as_a_call_are_the_tools_arguments(

@@ -2832,7 +2832,8 @@ def _keyword_arguments(text: str, parameters: Mapping[str, Any]) -> dict[str, An
         return None
 
     try:
-        call = ast.parse(f"f({text})", mode="eval").body
+        # The `)` on a line of its own: a comment ending the arguments must not hide it.
+        call = ast.parse(f"f({text}\n)", mode="eval").body
         # One call of `f` (not `f(x=1)(y=2)`, which `x=1)(y=2` would make), keywords only.
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)) or call.args:
             return None
