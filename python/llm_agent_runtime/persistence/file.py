@@ -144,7 +144,7 @@ def _wait_for_lock(fd: int, timeout: float, shared: bool = False) -> None:
     would keep a cancelled call's thread, and so a cancelled write's caller, waiting.
 
     Raises:
-        TimeoutError: Another process held it for `timeout` seconds (one stopped, say).
+        TimeoutError: Another call held it for `timeout` seconds (one of a stopped process).
         Abandoned: The call was cancelled meanwhile (see `run_in_thread`).
     """
     if not wait_until(lambda: _lock(fd, wait=False, shared=shared), timeout):
@@ -322,7 +322,7 @@ class FileBackend:
     Raises:
         PersistenceError: When `directory` is no such path, `lock_timeout` no such time,
             the directory cannot be created, or a batch a crash left cannot be finished (or
-            one another process is installing is still not, `lock_timeout` later).
+            one another call is installing is still not, `lock_timeout` later).
     """
 
     def __init__(self, directory: str | os.PathLike[str], lock_timeout: float = 30.0) -> None:
@@ -334,7 +334,7 @@ class FileBackend:
                 f"lock_timeout must be a finite number of seconds >= 0, got {lock_timeout!r}"
             )
         self.lock_timeout = float(lock_timeout)
-        """Seconds a call waits for a lock another process holds before it fails."""
+        """Seconds a call waits for a lock another call holds before it fails."""
         self._batches = self.directory / _BATCHES
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
