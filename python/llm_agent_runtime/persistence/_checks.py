@@ -11,6 +11,8 @@ is skipped the same way by every backend storing keys as bytes.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -116,6 +118,20 @@ def check_path(path: Any, what: str) -> str:
     if not isinstance(text, str) or not text:
         raise PersistenceError(f"the path of {what} must be a non-empty str or path, got {path!r}")
     return text
+
+
+def check_wait(name: str, seconds: Any) -> float:
+    """`seconds`, the wait setting `name` of a backend, as a float.
+
+    A float: a numpy float32 added to a clock rounds the deadline by seconds.
+
+    Raises:
+        PersistenceError: When it is not a finite real number >= 0 (a bool neither).
+    """
+    real = isinstance(seconds, numbers.Real) and not isinstance(seconds, bool)
+    if not (real and 0 <= seconds < math.inf):
+        raise PersistenceError(f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
+    return float(seconds)
 
 
 def decode_stored_keys(backend: str, stored: Iterable[bytes], encoding: str = "UTF-8") -> list[str]:

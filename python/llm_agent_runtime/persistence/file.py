@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
-import numbers
 import os
 import re
 import struct
@@ -26,6 +24,7 @@ from llm_agent_runtime.persistence._checks import (
     check_path,
     check_prefix,
     check_value,
+    check_wait,
 )
 from llm_agent_runtime.persistence._waiting import Abandoned, run_in_thread, wait_until
 from llm_agent_runtime.persistence.base import encode_key
@@ -328,12 +327,7 @@ class FileBackend:
     def __init__(self, directory: str | os.PathLike[str], lock_timeout: float = 30.0) -> None:
         # Absolute: a later `os.chdir` must not move the store.
         self.directory = Path(check_path(directory, "a FileBackend directory")).absolute()
-        real = isinstance(lock_timeout, numbers.Real) and not isinstance(lock_timeout, bool)
-        if not (real and 0 <= lock_timeout < math.inf):
-            raise PersistenceError(
-                f"lock_timeout must be a finite number of seconds >= 0, got {lock_timeout!r}"
-            )
-        self.lock_timeout = float(lock_timeout)
+        self.lock_timeout = check_wait("lock_timeout", lock_timeout)
         """Seconds a call waits for a lock another call holds before it fails."""
         self._batches = self.directory / _BATCHES
         try:

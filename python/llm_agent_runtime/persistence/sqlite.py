@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import numbers
 import os
 import sqlite3
 import threading
@@ -25,6 +23,7 @@ from llm_agent_runtime.persistence._checks import (
     check_path,
     check_prefix,
     check_value,
+    check_wait,
     decode_stored_keys,
 )
 from llm_agent_runtime.persistence._waiting import Abandoned, acquire, given_up, run_in_thread
@@ -214,13 +213,7 @@ class SqliteBackend(Unshared):
             except OSError as exc:  # the working directory was removed
                 raise PersistenceError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self.synchronous = _synchronous_level(synchronous)
-        real = isinstance(busy_timeout, numbers.Real) and not isinstance(busy_timeout, bool)
-        if not (real and 0 <= busy_timeout < math.inf):
-            raise PersistenceError(
-                f"busy_timeout must be a finite number of seconds >= 0, got {busy_timeout!r}"
-            )
-        # A float: a numpy float32 added to a clock rounds the deadline by seconds.
-        self._busy_timeout = float(min(busy_timeout, _MAX_BUSY_TIMEOUT))
+        self._busy_timeout = min(check_wait("busy_timeout", busy_timeout), _MAX_BUSY_TIMEOUT)
         self._lock = threading.Lock()
         try:
             if self.path != ":memory:":
